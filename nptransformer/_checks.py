@@ -1,0 +1,74 @@
+"""Argument checks shared by ops and layers.
+
+Every message names the argument, what was received and what was expected,
+so bad input fails at the call site instead of deep inside a broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import backend_of, dtype_name
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def is_array(a: Any) -> bool:
+    try:
+        backend_of(a)
+    except TypeError:
+        return False
+    return hasattr(a, "shape")
+
+
+def check_array(name: str, a: Any) -> None:
+    if not is_array(a):
+        raise TypeError(f"{name} must be an array (numpy, cupy or array_api_strict), got {type(a).__name__}")
+
+
+def check_float(name: str, a: Any) -> None:
+    check_array(name, a)
+    if dtype_name(a.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point array, got dtype {dtype_name(a.dtype)}")
+
+
+def check_int(name: str, a: Any) -> None:
+    check_array(name, a)
+    if dtype_name(a.dtype) not in INT_DTYPES:
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype_name(a.dtype)}")
+
+
+def check_ndim(name: str, a: Any, allowed: tuple[int, ...] | range) -> None:
+    if a.ndim not in allowed:
+        want = " or ".join(str(n) for n in allowed) if len(allowed) < 4 else f"{min(allowed)} to {max(allowed)}"
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(a.shape)}")
+
+
+def check_same_dtype(**arrays: Any) -> None:
+    """Mixed float dtypes are an error, not a silent upcast."""
+    items = [(n, a) for n, a in arrays.items() if a is not None]
+    first_name, first = items[0]
+    for name, a in items[1:]:
+        if dtype_name(a.dtype) != dtype_name(first.dtype):
+            raise TypeError(
+                f"{name} has dtype {dtype_name(a.dtype)} but {first_name} has {dtype_name(first.dtype)}; "
+                "cast one explicitly (mixed dtypes are not promoted)"
+            )
+
+
+def check_last_dim(name: str, a: Any, size: int, what: str) -> None:
+    if a.shape[-1] != size:
+        raise ValueError(f"{name} must have last dimension {size} ({what}), got shape {tuple(a.shape)}")
+
+
+def check_probability(name: str, p: float, *, allow_one: bool = False) -> None:
+    top_ok = p <= 1.0 if allow_one else p < 1.0
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not (0.0 <= p and top_ok):
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must be a probability in {interval}, got {p!r}")
+
+
+def check_positive_int(name: str, n: Any) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")

@@ -1,0 +1,5 @@
+"""torch.nn-shaped layers with hand-written backward passes."""
+
+from .module import Module, ModuleList, Parameter
+
+__all__ = ["Module", "ModuleList", "Parameter"]

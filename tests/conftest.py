@@ -1,0 +1,40 @@
+"""Shared test setup: hypothesis profiles and backend fixtures.
+
+Profiles: "ci" (default; bounded so the suite stays under 10 minutes on 2
+cores) and "thorough" (HYPOTHESIS_PROFILE=thorough for deep local runs).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(params=["numpy", "strict"])
+def backend_name(request):
+    """Run a test under each CPU backend; restores numpy afterwards."""
+    from nptransformer import backend
+
+    with backend.use(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
