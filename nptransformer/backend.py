@@ -205,6 +205,14 @@ def zeros(shape: tuple, dtype: Any = None, like: Any = None) -> Any:
     return ns.zeros(shape, dtype=dtype_of(ns, dtype), **kwargs)
 
 
+def full(shape: tuple, value: float, dtype: Any = None, like: Any = None) -> Any:
+    """An array filled with ``value`` on the backend and device of ``like``; dtype defaults to like's."""
+    ns, kwargs = _creation_kwargs(like)
+    if dtype is None:
+        dtype = like.dtype if like is not None else "float32"
+    return ns.full(shape, value, dtype=dtype_of(ns, dtype), **kwargs)
+
+
 def arange(n: int, dtype: Any = "int64", like: Any = None) -> Any:
     """``0, 1, ..., n-1`` on the backend and device of ``like`` (or the current backend)."""
     ns, kwargs = _creation_kwargs(like)

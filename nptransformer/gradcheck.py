@@ -105,7 +105,10 @@ class GradcheckReport:
 
     def table(self) -> str:
         """A readable table of the rows."""
-        head = f"gradcheck {self.label} [{self.backend}, {self.dtype}]" + (" (inputs nudged off a kink)" if self.nudged else "")
+        note = ""
+        if self.nudged:
+            note = " (passed once inputs were nudged off a kink)" if self.passed else " (failed again on nudged inputs)"
+        head = f"gradcheck {self.label} [{self.backend}, {self.dtype}]{note}"
         lines = [head, f"  {'input':<34} {'mode':<12} {'max abs err':>12} {'max rel err':>12}  result"]
         for r in self.rows:
             lines.append(

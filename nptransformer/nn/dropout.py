@@ -1,0 +1,35 @@
+"""``Dropout``: zero entries with probability p in training, scale the rest by 1/(1-p)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _checks
+from ..functional.dropout import dropout_backward, dropout_forward
+from .module import Module
+
+
+class Dropout(Module):
+    """Inverted dropout; the identity in eval mode. Shapes: x (...) -> (...).
+
+    Masks come from ``generator`` (default: ``backend.default_generator``,
+    seeded with ``nptransformer.backend.manual_seed``).
+    """
+
+    def __init__(self, p: float = 0.5, generator: Any = None):
+        super().__init__()
+        _checks.check_probability("p", p)
+        self.p, self.generator = p, generator
+
+    def forward(self, x: Any) -> Any:
+        """x (...) -> x * mask / (1 - p) in training, x in eval."""
+        y, ctx = dropout_forward(x, self.p, training=self.training, generator=self.generator)
+        self.save_for_backward(ctx)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        """dx = dy * mask / (1 - p) (the same mask as forward)."""
+        return dropout_backward(dy, self.saved())
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

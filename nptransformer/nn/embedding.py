@@ -1,0 +1,46 @@
+"""``Embedding``: a lookup table of vectors, as ``torch.nn.Embedding``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+from ..functional.embedding import embedding_backward, embedding_forward
+from .module import Module, Parameter
+
+
+class Embedding(Module):
+    """Rows of ``weight`` (num_embeddings, embedding_dim) picked by integer ids.
+
+    Shapes: ids (...) -> (..., embedding_dim). Initialised N(0, 1) as PyTorch
+    does (models re-initialise); the ``padding_idx`` row starts at zero and
+    never receives gradient.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: Any = "float32", generator: Any = None):
+        super().__init__()
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx must be in [-{num_embeddings}, {num_embeddings}), got {padding_idx}")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx % num_embeddings if padding_idx is not None else None
+        g = generator or backend.default_generator
+        weight = g.normal((num_embeddings, embedding_dim), dtype=dtype)
+        if self.padding_idx is not None:
+            weight[self.padding_idx, :] = 0.0
+        self.weight = Parameter(weight)
+
+    def forward(self, ids: Any) -> Any:
+        """ids (...) integer -> vectors (..., embedding_dim)."""
+        out, ctx = embedding_forward(ids, self.weight.data, padding_idx=self.padding_idx)
+        self.save_for_backward(ctx)
+        return out
+
+    def backward(self, dout: Any) -> None:
+        """Adds the scattered gradient into ``weight.grad``; ids have no gradient, so returns None."""
+        self.weight.accumulate(embedding_backward(dout, self.saved()))
+        return None
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
