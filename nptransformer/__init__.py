@@ -7,7 +7,10 @@
 
 __version__ = "0.1.0"
 
-from . import backend
+from . import backend, functional, models, nn, optim
+from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
+from .models import GPT, Seq2SeqTransformer
 
-__all__ = ["__version__", "backend", "no_grad", "is_grad_enabled"]
+__all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "no_grad", "is_grad_enabled",
+           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer"]

@@ -63,8 +63,8 @@ def check_last_dim(name: str, a: Any, size: int, what: str) -> None:
 
 
 def check_probability(name: str, p: float, *, allow_one: bool = False) -> None:
-    top_ok = p <= 1.0 if allow_one else p < 1.0
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not (0.0 <= p and top_ok):
+    is_number = isinstance(p, (int, float)) and not isinstance(p, bool)
+    if not is_number or not (0.0 <= p and (p <= 1.0 if allow_one else p < 1.0)):
         interval = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{name} must be a probability in {interval}, got {p!r}")
 

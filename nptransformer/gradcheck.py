@@ -156,6 +156,8 @@ class _Target:
 
 
 def _align(grads: Any, n_inputs: int, wrt: Sequence[int]) -> dict[int, Any]:
+    if not wrt:  # only parameters are checked (token-id inputs have no gradient)
+        return {}
     if not isinstance(grads, tuple):
         grads = (grads,)
     if len(grads) == n_inputs:

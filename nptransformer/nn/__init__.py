@@ -4,7 +4,7 @@ Every layer here is also registered for the gradient check (see
 :mod:`nptransformer.nn.layer_checks`).
 """
 
-from . import layer_checks  # noqa: F401  (registers each layer with the gradient-check suite)
+from . import init, layer_checks  # noqa: F401  (layer_checks registers each layer with the gradient suite)
 from .activation import GELU, ReLU
 from .attention import MultiheadAttention
 from .dropout import Dropout
@@ -17,7 +17,7 @@ from .transformer import Transformer, TransformerDecoder, TransformerEncoder
 from .transformer_layers import TransformerDecoderLayer, TransformerEncoderLayer
 
 __all__ = [
-    "Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "ReLU", "GELU",
+    "init", "Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "ReLU", "GELU",
     "MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
     "TransformerDecoder", "Transformer", "CrossEntropyLoss",
 ]

@@ -1,0 +1,140 @@
+"""``Seq2SeqTransformer``: the encoder-decoder of "Attention Is All You Need" (Vaswani et al., 2017).
+
+    src_x = dropout(E_src[src] * sqrt(C) + P[0..S-1])      # (B, S) -> (B, S, C)
+    tgt_x = dropout(E_tgt[tgt] * sqrt(C) + P[0..T-1])      # (B, T) -> (B, T, C)
+    h = Transformer(src_x, tgt_x, causal target mask)       # (B, T, C)
+    logits = h W_out^T + b_out                              # (B, T, V_tgt)
+
+P is the sinusoidal table (``positional="sinusoidal"``) or a learned one.
+With ``pad_id`` set, padding masks are derived from the ids.
+
+>>> import numpy as np
+>>> m = Seq2SeqTransformer(10, 10, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+...                        dim_feedforward=16, dropout=0.0, pad_id=0)
+>>> m(np.array([[3, 4, 0]]), np.array([[1, 5]])).shape
+(1, 2, 10)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import _checks, backend
+from ..functional.linear import linear_backward, linear_forward
+from ..functional.positional import sinusoidal_backward, sinusoidal_forward
+from ..nn import init
+from ..nn.dropout import Dropout
+from ..nn.embedding import Embedding
+from ..nn.linear import Linear
+from ..nn.module import Module
+from ..nn.transformer import Transformer
+
+
+class TokenEmbedding(Module):
+    """ids (B, T) -> dropout(token(ids) * sqrt(C) + positions) (B, T, C).
+
+    ``token`` may be shared with another TokenEmbedding (its saved contexts
+    are stacked, so both backward passes land in the one weight).
+    """
+
+    def __init__(self, token: Embedding, max_len: int, positional: str, dropout: float, dtype: Any):
+        super().__init__()
+        if positional not in ("sinusoidal", "learned"):
+            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {positional!r}")
+        self.token, self.max_len, self.positional = token, max_len, positional
+        self.scale = math.sqrt(token.embedding_dim)
+        self.position = Embedding(max_len, token.embedding_dim, dtype=dtype) if positional == "learned" else None
+        self.dropout = Dropout(dropout)
+
+    def forward(self, ids: Any) -> Any:
+        """ids (B, T) -> (B, T, C)."""
+        T = ids.shape[-1]
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len {self.max_len} (the position table's size)")
+        x = self.token(ids) * self.scale
+        if self.position is None:
+            x, _ = sinusoidal_forward(x)
+        else:
+            x = x + self.position(backend.arange(T, like=ids))
+        return self.dropout(x)
+
+    def backward(self, d: Any) -> None:
+        """Adds into the token (and learned position) table; ids have no gradient."""
+        d = self.dropout.backward(d)
+        if self.position is None:
+            d = sinusoidal_backward(d, None)
+        else:
+            self.position.backward(backend.get_array_module(d).sum(d, axis=0))  # broadcast over the batch
+        self.token.backward(d * self.scale)
+
+
+class Seq2SeqTransformer(Module):
+    """Encoder-decoder model over token ids: ``model(src, tgt)`` -> logits (B, T, tgt_vocab_size).
+
+    ``share_embeddings`` uses one table for source and target (needs equal
+    vocabularies); ``tie_output`` makes the output projection the target
+    table's transpose (no output bias). ``pad_id`` turns padding into key
+    padding masks for the encoder, the decoder and the cross-attention.
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, nhead: int = 8,
+                 num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: Any = "relu", norm_first: bool = False, max_len: int = 512,
+                 positional: str = "sinusoidal", share_embeddings: bool = False, tie_output: bool = False,
+                 pad_id: int | None = None, dtype: Any = "float32", generator: Any = None):
+        super().__init__()
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(f"share_embeddings needs src_vocab_size == tgt_vocab_size, got {src_vocab_size} "
+                             f"and {tgt_vocab_size}")
+        _checks.check_positive_int("max_len", max_len)
+        self.src_vocab_size, self.tgt_vocab_size, self.d_model = src_vocab_size, tgt_vocab_size, d_model
+        self.pad_id, self.tie_output = pad_id, tie_output
+        src_table = Embedding(src_vocab_size, d_model, dtype=dtype)
+        tgt_table = src_table if share_embeddings else Embedding(tgt_vocab_size, d_model, dtype=dtype)
+        for table in {id(src_table): src_table, id(tgt_table): tgt_table}.values():
+            init.normal_(table.weight, 0.0, d_model ** -0.5, generator=generator)  # x sqrt(C) gives unit scale
+        self.src_embed = TokenEmbedding(src_table, max_len, positional, dropout, dtype)
+        self.tgt_embed = TokenEmbedding(tgt_table, max_len, positional, dropout, dtype)
+        self.transformer = Transformer(d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward,
+                                       dropout, activation, norm_first=norm_first, dtype=dtype, generator=generator)
+        self.generator = None if tie_output else Linear(d_model, tgt_vocab_size, dtype=dtype)
+
+    def _padding(self, ids: Any) -> Any:
+        return None if self.pad_id is None else ids == self.pad_id
+
+    def encode(self, src: Any) -> Any:
+        """src (B, S) ids -> memory (B, S, C)."""
+        _checks.check_int("src", src)
+        x = self.src_embed(src)
+        return self.transformer.encoder(x, src_key_padding_mask=self._padding(src))
+
+    def decode(self, tgt: Any, memory: Any, src: Any = None) -> Any:
+        """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V_tgt); ``src`` gives the memory's padding."""
+        _checks.check_int("tgt", tgt)
+        if tgt.shape[0] != memory.shape[0]:
+            raise ValueError(f"tgt and src must have the same batch size, got {tgt.shape[0]} and {memory.shape[0]}")
+        y = self.transformer.decoder(self.tgt_embed(tgt), memory, tgt_key_padding_mask=self._padding(tgt),
+                                     memory_key_padding_mask=self._padding(src) if src is not None else None,
+                                     tgt_is_causal=True)
+        if self.generator is not None:
+            return self.generator(y)
+        logits, ctx = linear_forward(y, self.tgt_embed.token.weight.data)
+        self.save_for_backward(ctx)
+        return logits
+
+    def forward(self, src: Any, tgt: Any) -> Any:
+        """src (B, S), tgt (B, T) ids -> logits (B, T, tgt_vocab_size) (teacher forcing)."""
+        return self.decode(tgt, self.encode(src), src)
+
+    def backward(self, dlogits: Any) -> None:
+        """dL/dlogits (B, T, V) -> accumulates every parameter's gradient."""
+        if self.generator is not None:
+            dy = self.generator.backward(dlogits)
+        else:
+            dy, dtable, _ = linear_backward(dlogits, self.saved())
+            self.tgt_embed.token.weight.accumulate(dtable)
+        dtgt, dmemory = self.transformer.decoder.backward(dy)
+        self.tgt_embed.backward(dtgt)
+        self.src_embed.backward(self.transformer.encoder.backward(dmemory))
+        return None
