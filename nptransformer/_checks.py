@@ -72,3 +72,11 @@ def check_probability(name: str, p: float, *, allow_one: bool = False) -> None:
 def check_positive_int(name: str, n: Any) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
+
+
+def check_broadcastable(name_a: str, shape_a: tuple, name_b: str, shape_b: tuple) -> None:
+    """NumPy broadcasting rules, checked up front so the error names both arguments."""
+    for n, m in zip(reversed(tuple(shape_a)), reversed(tuple(shape_b))):
+        if n != m and n != 1 and m != 1:
+            raise ValueError(f"{name_a} of shape {tuple(shape_a)} and {name_b} of shape {tuple(shape_b)} "
+                             "do not broadcast together")

@@ -87,6 +87,7 @@ def matmul_forward(a: Any, b: Any) -> tuple[Any, tuple]:
         raise ValueError(f"a and b must have at least 2 dimensions, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"a's last dimension ({a.shape[-1]}) must equal b's second-to-last ({b.shape[-2]})")
+    _checks.check_broadcastable("a's batch axes", a.shape[:-2], "b's batch axes", b.shape[:-2])
     return a @ b, (a, b)
 
 
@@ -106,6 +107,7 @@ def add_forward(a: Any, b: Any) -> tuple[Any, tuple]:
     _checks.check_float("a", a)
     _checks.check_float("b", b)
     _checks.check_same_dtype(a=a, b=b)
+    _checks.check_broadcastable("a", a.shape, "b", b.shape)
     return a + b, (tuple(a.shape), tuple(b.shape))
 
 
