@@ -11,6 +11,7 @@ from . import backend, functional, models, nn, optim
 from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .models import GPT, Seq2SeqTransformer
+from .tokenizers import BertTokenizer, CharTokenizer
 
 __all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "no_grad", "is_grad_enabled",
-           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer"]
+           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BertTokenizer", "CharTokenizer"]
