@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..nn.check_registry import ModuleCheck, register_module_check
+from ..nn.module import Module
 
 
 def _gpt(rng: Any, tie_weights: bool) -> ModuleCheck:
@@ -29,7 +30,40 @@ def _seq2seq(rng: Any, positional: str, share: bool) -> ModuleCheck:
     return ModuleCheck(model, (backend.asarray(src), backend.asarray(tgt)), wrt=())
 
 
+class _WithHead(Module):
+    """BERT followed by one of its heads, so the check reaches every parameter through one backward."""
+
+    def __init__(self, bert: Any, head: Module):
+        super().__init__()
+        self.bert, self.head = bert, head
+
+    def forward(self, *inputs: Any) -> Any:
+        return self.head(self.bert(*inputs))
+
+    def backward(self, d: Any) -> None:
+        return self.bert.backward(self.head.backward(d))
+
+
+def _bert(rng: Any, head: str) -> ModuleCheck:
+    from .bert import BERT
+
+    # The MLM check is BERT as published (2 layers, exact GELU); the pooler one takes 1 layer and the tanh
+    # GELU, because the exact GELU's erf is slow under the strict backend (no native erf there).
+    mlm = head == "mlm"
+    bert = BERT(vocab_size=9, hidden_size=4, num_hidden_layers=2 if mlm else 1, num_attention_heads=2,
+                intermediate_size=6, hidden_act="gelu" if mlm else "gelu_new", max_position_embeddings=6,
+                initializer_range=0.5, add_pooling_layer=not mlm, add_mlm_head=mlm, dtype="float64")
+    # ids avoid pad_token_id 0: its row is frozen by convention, which finite differences do not know
+    ids = rng.integers(1, 9, size=(2, 5))
+    types = np.array([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    inputs = tuple(backend.asarray(a) for a in (ids, types, mask))
+    return ModuleCheck(_WithHead(bert, bert.mlm_head if mlm else bert.pooler), inputs, wrt=())
+
+
 register_module_check("GPT.tied", lambda rng: _gpt(rng, True))
 register_module_check("GPT.untied", lambda rng: _gpt(rng, False))
 register_module_check("Seq2Seq.sinusoidal", lambda rng: _seq2seq(rng, "sinusoidal", False))
 register_module_check("Seq2Seq.learned_shared", lambda rng: _seq2seq(rng, "learned", True))
+register_module_check("BERT.mlm", lambda rng: _bert(rng, "mlm"))
+register_module_check("BERT.pooler", lambda rng: _bert(rng, "pooler"))
