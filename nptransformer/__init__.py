@@ -7,11 +7,11 @@
 
 __version__ = "0.1.0"
 
-from . import backend, functional, models, nn, optim
+from . import backend, functional, generation, models, nn, optim, viz
 from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .models import BERT, GPT, Seq2SeqTransformer
 from .tokenizers import BertTokenizer, CharTokenizer
 
-__all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "no_grad", "is_grad_enabled",
+__all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "generation", "viz", "no_grad", "is_grad_enabled",
            "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "BertTokenizer", "CharTokenizer"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import erf, get_array_module
+from ._blocks import rowwise
 from .registry import Case, register
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -60,12 +61,12 @@ def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, tuple]:
     _checks.check_float("x", x)
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
-    xp = get_array_module(x)
+    flat = _flat(x)
     if approximate == "tanh":
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
-        y = 0.5 * x * (1.0 + t)
+        y = rowwise(_gelu_tanh, flat)
     else:
-        y = 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
+        y = rowwise(lambda v: 0.5 * v * (1.0 + erf(v * _SQRT_HALF)), flat)
+    y = _unflat(y, x)
     return y, (x, approximate)
 
 
@@ -78,16 +79,59 @@ def gelu_backward(dy: Any, ctx: tuple) -> Any:
     Derivation: docs/ops/activations.md.
     """
     x, approximate = ctx
-    xp = get_array_module(dy)
-    if approximate == "tanh":
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
-        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x * x)
-        slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx
-    else:
-        cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
-        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-        slope = cdf + x * pdf
-    return dy * slope
+    grad = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
+    return _unflat(rowwise(grad, _flat(dy), _flat(x)), x)
+
+
+def _flat(a: Any) -> Any:
+    return get_array_module(a).reshape(a, (-1,))
+
+
+def _unflat(flat: Any, like: Any) -> Any:
+    return get_array_module(flat).reshape(flat, tuple(like.shape))
+
+
+def _tanh_of_u(x: Any, x2: Any) -> Any:
+    """t = tanh(u) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x (c + c a x^2) from x2 = x^2."""
+    u = x2 * (_SQRT_2_OVER_PI * _GELU_CUBIC)
+    u += _SQRT_2_OVER_PI
+    u *= x
+    return get_array_module(x).tanh(u)
+
+
+# The GELU bodies below work on one block of a flattened array (see _blocks.rowwise)
+# and update their own temporaries in place: 8 passes forward, 15 backward, against
+# 9 and 21 for the textbook expressions.
+def _gelu_tanh(x: Any) -> Any:
+    t = _tanh_of_u(x, x * x)
+    t += 1.0
+    t *= x
+    t *= 0.5  # y = x (1 + t) / 2
+    return t
+
+
+def _gelu_tanh_grad(dy: Any, x: Any) -> Any:
+    # gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) du/dx, and 1 - t^2 = (1 - t)(1 + t), so
+    # gelu'(x) = (1 + t)/2 * (1 + x du/dx (1 - t)),  du/dx = c (1 + 3 a x^2).
+    x2 = x * x
+    t = _tanh_of_u(x, x2)
+    slope = x2 * (3.0 * _SQRT_2_OVER_PI * _GELU_CUBIC)
+    slope += _SQRT_2_OVER_PI
+    slope *= x  # x du/dx
+    slope *= 1.0 - t
+    slope += 1.0
+    t += 1.0
+    slope *= t
+    slope *= 0.5
+    slope *= dy
+    return slope
+
+
+def _gelu_exact_grad(dy: Any, x: Any) -> Any:
+    xp = get_array_module(x)
+    cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
+    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+    return dy * (cdf + x * pdf)
 
 
 def _relu_example(rng: Any) -> Case:

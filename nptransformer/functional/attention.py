@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import _checks, backend
 from ..backend import dtype_name, get_array_module
+from ._blocks import stacked_matmul
 from .dropout import dropout_backward, dropout_forward
 from .registry import Case, register
 from .softmax import softmax_backward, softmax_forward
@@ -135,21 +136,24 @@ def scaled_dot_product_attention_forward(
     xp = get_array_module(q, k, v, attn_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
-    scores = (q @ xp.matrix_transpose(k)) * scale  # (..., Tq, D) @ (..., D, Tk) -> (..., Tq, Tk)
+    scores = stacked_matmul(q, xp.matrix_transpose(k))  # (..., Tq, D) @ (..., D, Tk) -> (..., Tq, Tk)
+    scores *= scale  # in place: the scores are the largest array here, so no second copy
     masked = None
     if attn_mask is not None and dtype_name(attn_mask.dtype) == "bool":
         masked = attn_mask
     elif attn_mask is not None:
-        scores = scores + attn_mask
+        scores += attn_mask
     if is_causal:
         causal = _causal_mask(q.shape[-2], k.shape[-2], like=q)
         masked = causal if masked is None else (masked | causal)
     if masked is not None:
-        scores = xp.where(masked, -math.inf, scores)
+        # -inf added where masked, in place; the mask is (Tq, Tk) or broadcasts, so this is small
+        scores += xp.where(masked, backend.full((), -math.inf, scores.dtype, like=scores),
+                           backend.full((), 0.0, scores.dtype, like=scores))
 
     probs, softmax_ctx = softmax_forward(scores, axis=-1)  # all -inf rows -> zeros
     weights, dropout_ctx = dropout_forward(probs, p=dropout_p, generator=generator)  # draws nothing when p == 0
-    out = weights @ v  # (..., Tq, Tk) @ (..., Tk, Dv) -> (..., Tq, Dv)
+    out = stacked_matmul(weights, v)  # (..., Tq, Tk) @ (..., Tk, Dv) -> (..., Tq, Dv)
     return out, AttentionContext(q, k, v, probs, softmax_ctx, dropout_ctx, scale)
 
 
@@ -168,12 +172,14 @@ def scaled_dot_product_attention_backward(dout: Any, ctx: AttentionContext) -> t
     # Dropout is a diagonal linear map (P -> P * keep / (1-p)), so its backward applied
     # to P rebuilds W from the saved mask instead of saving W as well.
     weights = dropout_backward(ctx.probs, ctx.dropout_ctx)
-    dv = xp.matrix_transpose(weights) @ dout  # forward: out = W v, so dv = W^T dout  (..., Tk, Dv)
-    dweights = dout @ xp.matrix_transpose(ctx.v)  # and dW = dout v^T  (..., Tq, Tk)
+    dv = stacked_matmul(xp.matrix_transpose(weights), dout)  # forward: out = W v, so dv = W^T dout  (..., Tk, Dv)
+    dweights = stacked_matmul(dout, xp.matrix_transpose(ctx.v))  # and dW = dout v^T  (..., Tq, Tk)
     dprobs = dropout_backward(dweights, ctx.dropout_ctx)  # forward: W = P * keep / (1-p)
     dscores = softmax_backward(dprobs, ctx.softmax_ctx)  # forward: P = softmax(S)
-    dq = (dscores @ ctx.k) * ctx.scale  # forward: S = q k^T * scale, so dq = dS k * scale  (..., Tq, D)
-    dk = (xp.matrix_transpose(dscores) @ ctx.q) * ctx.scale  # and dk = dS^T q * scale  (..., Tk, D)
+    dq = stacked_matmul(dscores, ctx.k)  # forward: S = q k^T * scale, so dq = dS k * scale  (..., Tq, D)
+    dq *= ctx.scale
+    dk = stacked_matmul(xp.matrix_transpose(dscores), ctx.q)  # and dk = dS^T q * scale  (..., Tk, D)
+    dk *= ctx.scale
     return dq, dk, dv
 
 

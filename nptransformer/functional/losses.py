@@ -19,8 +19,9 @@ from typing import Any
 from .. import _checks
 from ..backend import arange, dtype_of, get_array_module
 from .embedding import check_token_ids
+from ._blocks import over_last_axis
 from .registry import Case, register
-from .softmax import log_softmax_forward
+from .softmax import normalized_exp
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -60,12 +61,12 @@ def cross_entropy_forward(
     target = xp.astype(target, dtype_of(xp, "int64"))  # uint8 ids cannot even be compared with -100
     check_token_ids("target", target, num_classes, "class ids", ignore_index=ignore_index)
 
-    logp, (probs, _) = log_softmax_forward(logits, axis=-1)  # (..., C), stable for huge logits
+    column = tuple(target.shape) + (1,)  # (...) -> (..., 1): a row-aligned column of ids
     valid = target != ignore_index  # (...)
     safe = xp.where(valid, target, 0)  # any in-range id; its term is masked out below
-    nll = -xp.take_along_axis(logp, xp.reshape(safe, tuple(safe.shape) + (1,)), axis=-1)[..., 0]
-    per_token = nll if label_smoothing == 0 else (1 - label_smoothing) * nll - label_smoothing * xp.mean(logp, axis=-1)
-    per_token = xp.where(valid, per_token, 0.0)
+    probs, per_token = over_last_axis(lambda z, t: _token_losses(z, t, label_smoothing), logits,
+                                      xp.reshape(safe, column))
+    per_token = xp.where(valid, per_token[..., 0], 0.0)
     if reduction == "none":
         loss, count = per_token, None
     elif reduction == "sum":
@@ -87,21 +88,46 @@ def cross_entropy_backward(dloss: Any, ctx: tuple) -> Any:
     """
     probs, safe, valid, count, smoothing, reduction = ctx
     xp = get_array_module(probs)
-    num_classes = probs.shape[-1]
-    column = tuple(valid.shape) + (1,)  # (...) -> (..., 1), to broadcast over the classes
+    column = tuple(valid.shape) + (1,)  # (...) -> (..., 1): row-aligned, to broadcast over the classes
+    rows = (probs, xp.reshape(safe, column), xp.reshape(valid, column))
     if reduction == "none":
         if not hasattr(dloss, "shape") or tuple(dloss.shape) != tuple(valid.shape):
             raise ValueError(
                 f"dloss must be an array of shape {tuple(valid.shape)} for reduction='none', "
                 f"got {getattr(dloss, 'shape', type(dloss).__name__)}"
             )
-        scale = xp.reshape(dloss, column)
-    else:
-        scale = dloss if count is None else dloss / count  # forward: loss = sum(per_token) [/ count]
-    classes = arange(num_classes, like=safe)
-    onehot = xp.astype(xp.reshape(safe, column) == classes, probs.dtype)  # (..., C)
-    smoothed = (1 - smoothing) * onehot + smoothing / num_classes
-    return xp.where(xp.reshape(valid, column), (probs - smoothed) * scale, 0.0)  # ignored tokens: exactly 0
+        return over_last_axis(lambda p, t, v, f: _logit_grads(p, t, v, f, smoothing), *rows, xp.reshape(dloss, column))
+    scale = dloss if count is None else dloss / count  # forward: loss = sum(per_token) [/ count]
+    return over_last_axis(lambda p, t, v: _logit_grads(p, t, v, scale, smoothing), *rows)
+
+
+def _token_losses(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]:
+    """Rows of logits (r, C) and target ids (r, 1) -> (softmax (r, C), loss per row (r, 1)).
+
+    With logp = z - log_s (z = logits - max), logp[t] and mean(logp) are read
+    off z directly, so the (r, C) log-probabilities are never formed.
+    """
+    xp = get_array_module(logits)
+    z, log_s, probs = normalized_exp(logits, axis=-1)
+    nll = log_s - xp.take_along_axis(z, target, axis=-1)
+    if smoothing:
+        nll = (1 - smoothing) * nll + smoothing * (log_s - xp.mean(z, axis=-1, keepdims=True))
+    return probs, nll
+
+
+def _logit_grads(probs: Any, target: Any, valid: Any, scale: Any, smoothing: float) -> Any:
+    """(softmax - ((1 - s) onehot(target) + s / C)) * scale on rows (r, C), exactly 0 where not valid.
+
+    target and valid are (r, 1); scale is a number or (r, 1). The one-hot
+    matrix exists only for this block of rows.
+    """
+    xp = get_array_module(probs)
+    classes = arange(probs.shape[-1], like=target)
+    q = xp.astype(target == classes, probs.dtype)  # the target distribution, built in place
+    if smoothing:
+        q *= 1 - smoothing
+        q += smoothing / probs.shape[-1]
+    return xp.where(valid, (probs - q) * scale, 0.0)
 
 
 def _example(rng: Any) -> Case:

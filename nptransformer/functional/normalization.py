@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
+from ._blocks import over_last_axis
 from .registry import Case, register
 
 
@@ -52,16 +53,19 @@ def layer_norm_forward(x: Any, weight: Any = None, bias: Any = None, eps: float 
     of shape (..., 1), and weight.
     """
     _check_inputs(x, weight, bias, eps)
-    xp = get_array_module(x, weight, bias)
-    mean = xp.mean(x, axis=-1, keepdims=True)  # (..., 1)
-    xc = x - mean
-    var = xp.mean(xc * xc, axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    xhat = xc * rstd  # (..., C)
-    y = xhat if weight is None else xhat * weight
+    y, xhat, rstd = over_last_axis(lambda rows: _layer_norm_rows(rows, weight, bias, eps), x)
+    return y, (xhat, rstd, weight, bias is not None)
+
+
+def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+    xp = get_array_module(x)
+    xc = x - xp.mean(x, axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    xc *= rstd  # now xhat
+    y = xc if weight is None else xc * weight
     if bias is not None:
         y = y + bias
-    return y, (xhat, rstd, weight, bias is not None)
+    return y, xc, rstd
 
 
 def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
@@ -72,14 +76,21 @@ def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     Derivation: docs/ops/normalization.md.
     """
     xhat, rstd, weight, has_bias = ctx
+    dx = over_last_axis(lambda d, xh, r: _layer_norm_grad_rows(d, xh, r, weight), dy, xhat, rstd)
+    dweight = None if weight is None else _sum_leading(dy * xhat)
+    dbias = _sum_leading(dy) if has_bias else None
+    return dx, dweight, dbias
+
+
+def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
     xp = get_array_module(dy)
     g = dy if weight is None else dy * weight  # forward: y = xhat * weight
     mean_g = xp.mean(g, axis=-1, keepdims=True)  # undoes the centring x - mean(x)
     mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # undoes the division by the std
-    dx = rstd * (g - mean_g - xhat * mean_gx)
-    dweight = None if weight is None else _sum_leading(dy * xhat)
-    dbias = _sum_leading(dy) if has_bias else None
-    return dx, dweight, dbias
+    dx = g - mean_g  # a fresh array even when g is dy
+    dx -= xhat * mean_gx
+    dx *= rstd
+    return dx
 
 
 def rms_norm_forward(x: Any, weight: Any = None, eps: float | None = None) -> tuple[Any, tuple]:

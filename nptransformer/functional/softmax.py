@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
+from ._blocks import over_last_axis
 from .registry import Case, register
 
 
@@ -33,6 +34,28 @@ def _check_axis(x: Any, axis: int) -> None:
         raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {axis!r}")
 
 
+def _along(fn: Any, axis: int, *arrays: Any) -> Any:
+    """fn(*arrays, axis): over blocks of rows when axis is the last one (the common case, see _blocks)."""
+    if axis in (-1, arrays[0].ndim - 1):
+        return over_last_axis(lambda *rows: fn(*rows, -1), *arrays)
+    return fn(*arrays, axis)
+
+
+def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
+    """(z, log_s, p) for the rows of x along ``axis``: z = x - max(x), s = sum(exp(z)),
+    log_s = log(s) (keepdims), p = exp(z) / s = softmax(x). A row of -inf gives p = 0 and log_s = 0.
+
+    Shared by softmax, log-softmax and cross-entropy, which need different parts.
+    """
+    xp = get_array_module(x)
+    z = _shifted(x, axis)
+    p = xp.exp(z)
+    s = xp.sum(p, axis=axis, keepdims=True)
+    s = xp.where(s > 0, s, 1.0)
+    p /= s
+    return z, xp.log(s), p
+
+
 def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     """y = exp(x) / sum(exp(x)) along ``axis``. Shapes: x (...) -> y (same).
 
@@ -40,19 +63,28 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     the backward needs nothing else.
     """
     _check_axis(x, axis)
-    xp = get_array_module(x)
-    e = xp.exp(_shifted(x, axis))
-    s = xp.sum(e, axis=axis, keepdims=True)
-    y = e / xp.where(s > 0, s, 1.0)
+    y = _along(lambda rows, ax: normalized_exp(rows, ax)[2], axis, x)
     return y, (y, axis)
+
+
+def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
+    xp = get_array_module(dy)
+    g = dy * y
+    g -= y * xp.sum(g, axis=axis, keepdims=True)  # y dy - y sum(dy y) = y (dy - sum(dy y))
+    return g
 
 
 def softmax_backward(dy: Any, ctx: tuple) -> Any:
     """dx = y * (dy - sum(dy * y)) along the axis: the Jacobian diag(y) - y y^T applied
     to dy without forming it. Derivation: docs/ops/softmax.md."""
     y, axis = ctx
-    xp = get_array_module(dy)
-    return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
+    return _along(_softmax_grad, axis, dy, y)
+
+
+def _log_softmax(x: Any, axis: int) -> tuple[Any, Any]:
+    z, log_s, p = normalized_exp(x, axis)
+    z -= log_s
+    return z, p
 
 
 def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
@@ -63,18 +95,14 @@ def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     exp(y), which is all the backward needs.
     """
     _check_axis(x, axis)
-    xp = get_array_module(x)
-    z = _shifted(x, axis)
-    s = xp.sum(xp.exp(z), axis=axis, keepdims=True)
-    y = z - xp.log(xp.where(s > 0, s, 1.0))
-    return y, (xp.exp(y), axis)
+    y, p = _along(_log_softmax, axis, x)
+    return y, (p, axis)
 
 
 def log_softmax_backward(dy: Any, ctx: tuple) -> Any:
     """dx = dy - softmax(x) * sum(dy) along the axis. Derivation: docs/ops/softmax.md."""
     p, axis = ctx
-    xp = get_array_module(dy)
-    return dy - p * xp.sum(dy, axis=axis, keepdims=True)
+    return _along(lambda g, q, ax: g - q * get_array_module(g).sum(g, axis=ax, keepdims=True), axis, dy, p)
 
 
 def _example(rng: Any) -> Case:

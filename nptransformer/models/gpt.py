@@ -8,6 +8,11 @@ Each block is an :class:`~nptransformer.nn.TransformerEncoderLayer` with
 ``norm_first=True`` and ``is_causal=True``: the same layer (and the same
 backward) as the encoder-decoder, so its state_dict keys are torch's.
 
+Inference: ``forward`` takes a ``KVCache`` (incremental decoding), an
+``attention_mask`` and ``position_ids`` (left-padded batches) and
+``need_weights`` (attention maps); :meth:`GPT.generate` decodes
+(docs/generation.md).
+
 >>> import numpy as np
 >>> model = GPT(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16)
 >>> model(np.array([[1, 2, 3]])).shape
@@ -20,8 +25,12 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
+from ..functional.embedding import check_token_ids
 from ..functional.linear import linear_backward, linear_forward
+from ..generation.decoder_only import generate
+from ..grad_mode import is_grad_enabled
 from ..nn import init
+from ..nn.checkpoint import checkpoint_backward, checkpoint_forward
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
 from ..nn.linear import Linear
@@ -38,11 +47,16 @@ class GPT(Module):
     ``lm_head`` (V, C) when ``tie_weights=False`` (else the head is ``wte``).
     Initialised as GPT-2: N(0, 0.02), residual output projections
     N(0, 0.02 / sqrt(2 n_layer)), zero biases.
+
+    ``checkpoint_activations``: True, or the indices of the blocks whose
+    activations are recomputed in backward instead of kept (less memory,
+    about a third more compute per such block; :mod:`nptransformer.nn.checkpoint`).
+    An attribute too: set it on a built model.
     """
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int,
                  dropout: float = 0.0, bias: bool = True, tie_weights: bool = True, dtype: Any = "float32",
-                 generator: Any = None):
+                 generator: Any = None, checkpoint_activations: Any = False):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
                             ("n_head", n_head), ("d_model", d_model)):
@@ -60,6 +74,7 @@ class GPT(Module):
         self.ln_f = LayerNorm(d_model, bias=bias, dtype=dtype)
         self.lm_head = None if tie_weights else Linear(d_model, vocab_size, bias=False, dtype=dtype)
         self._init_weights(generator)
+        self.checkpoint_activations = checkpoint_activations
 
     def _init_weights(self, generator: Any) -> None:
         residual_std = init.scaled_residual_std(self.n_layer)
@@ -74,36 +89,90 @@ class GPT(Module):
     def _head_weight(self) -> Any:
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, idx: Any) -> Any:
-        """idx (B, T) integer token ids, T <= block_size -> logits (B, T, vocab_size)."""
-        _checks.check_int("idx", idx)
+    def forward(self, idx: Any, attention_mask: Any = None, position_ids: Any = None, cache: Any = None,
+                need_weights: bool = False) -> Any:
+        """idx (B, T) integer token ids, T <= block_size -> logits (B, T, vocab_size).
+
+        With P = ``cache.length`` positions already cached (P = 0 without a cache):
+
+        - ``attention_mask`` (B, P + T), int or bool: 1/True for a real token,
+          0/False for padding, as in Hugging Face; padded keys are never attended.
+        - ``position_ids`` (B, T) int: each token's position (default
+          P, ..., P + T - 1). Left-padded prompts count positions from their
+          first real token, so padding does not change a row's logits.
+        - ``cache``: a :class:`~nptransformer.generation.KVCache` with n_layer
+          layers, used inside ``no_grad``; idx holds only the new tokens.
+        - ``need_weights``: each ``blocks[i].self_attn.attn_weights`` keeps
+          its (B, H, T, P + T) attention probabilities.
+        """
+        check_token_ids("idx", idx, self.vocab_size, "token ids")
         if idx.ndim != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
-        T = idx.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; crop idx to the last "
-                             f"{self.block_size} tokens")
-        pos = backend.arange(T, like=idx)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
-        for block in self.blocks:
-            x = block(x, is_causal=True)
+        B, T = idx.shape
+        start = 0 if cache is None else cache.length
+        if start + T > self.block_size:
+            if cache is None:
+                raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; crop idx to the last "
+                                 f"{self.block_size} tokens")
+            raise ValueError(f"the cache holds {start} positions and idx adds {T}: {start + T} exceeds block_size "
+                             f"{self.block_size}")
+        if cache is not None and len(cache.layers) != self.n_layer:
+            raise ValueError(f"cache has {len(cache.layers)} layers, the model has n_layer={self.n_layer}")
+        if position_ids is None:
+            pos = backend.arange(T, like=idx) + start  # (T,), broadcast over the batch
+        else:
+            _checks.check_int("position_ids", position_ids)
+            if tuple(position_ids.shape) != (B, T):
+                raise ValueError(f"position_ids must have shape (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
+            pos = position_ids
+        padding = _key_padding(attention_mask, B, start + T)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
+        checkpoints = []  # per block: None, or what checkpoint_backward needs
+        for i, block in enumerate(self.blocks):
+            kwargs = dict(src_key_padding_mask=padding, is_causal=True, need_weights=need_weights,
+                          cache=None if cache is None else cache.layers[i])
+            if self._checkpointed(i) and is_grad_enabled():
+                x, c = checkpoint_forward(block, x, **kwargs)  # keeps x only
+            else:
+                x, c = block(x, **kwargs), None
+            checkpoints.append(c)
         x = self.ln_f(x)
         logits, ctx = linear_forward(x, self._head_weight().data)  # (B, T, C) @ (C, V)
-        self.save_for_backward(ctx)
+        self.save_for_backward((ctx, position_ids is not None, checkpoints))
         return logits
+
+    def generate(self, idx: Any, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+                 seed: int | None = None, attention_mask: Any = None, crop: bool = False) -> Any:
+        """Continue prompts idx (B, T) by ``max_new_tokens`` tokens -> (B, T + max_new_tokens).
+
+        Greedy by default; ``do_sample`` samples with ``temperature``,
+        ``top_k`` and ``top_p`` (nucleus). ``attention_mask`` (B, T) marks
+        left padding (0) in batched prompts of different lengths. A prompt
+        that cannot fit block_size is refused unless ``crop=True`` (a sliding
+        window of the last block_size tokens). See
+        :func:`nptransformer.generation.generate` and docs/generation.md.
+        """
+        return generate(self, idx, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                        top_p=top_p, use_cache=use_cache, seed=seed, attention_mask=attention_mask, crop=crop)
 
     def backward(self, dlogits: Any) -> None:
         """dL/dlogits (B, T, V) -> accumulates every parameter's gradient (token ids have none)."""
-        dx, dhead, _ = linear_backward(dlogits, self.saved())
+        ctx, per_row_positions, checkpoints = self.saved()
+        dx, dhead, _ = linear_backward(dlogits, ctx)
         self._head_weight().accumulate(dhead)  # tied: wte.grad gets the head's part and the lookup's part
         dx = self.ln_f.backward(dx)
-        for block in reversed(list(self.blocks)):
-            dx = block.backward(dx)
+        for block, c in zip(reversed(list(self.blocks)), reversed(checkpoints)):
+            dx = block.backward(dx) if c is None else checkpoint_backward(dx, c)
         dx = self.drop.backward(dx)
         xp = get_array_module(dx)
-        self.wpe.backward(xp.sum(dx, axis=0))  # positions were broadcast over the batch
+        self.wpe.backward(dx if per_row_positions else xp.sum(dx, axis=0))  # default positions were broadcast over B
         self.wte.backward(dx)
         return None
+
+    def _checkpointed(self, i: int) -> bool:
+        flag = self.checkpoint_activations
+        return bool(flag) if isinstance(flag, bool) else i in flag
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Trainable scalars (tied head counted once); ``non_embedding`` leaves out wte and wpe.
@@ -129,3 +198,18 @@ class GPT(Module):
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, n_layer={self.n_layer}, "
                 f"n_head={self.n_head}, d_model={self.d_model}")
+
+
+def _key_padding(attention_mask: Any, B: int, S: int) -> Any:
+    """Hugging Face's attention_mask (B, S), 1/True = real token, as a key padding mask (True = padding)."""
+    if attention_mask is None:
+        return None
+    _checks.check_array("attention_mask", attention_mask)
+    if tuple(attention_mask.shape) != (B, S):
+        raise ValueError(f"attention_mask must have shape (B, cached + new positions) = {(B, S)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    xp = get_array_module(attention_mask)
+    if backend.dtype_name(attention_mask.dtype) == "bool":
+        return xp.logical_not(attention_mask)
+    _checks.check_int("attention_mask", attention_mask)
+    return attention_mask == 0

@@ -6,7 +6,9 @@
     logits = h W_out^T + b_out                              # (B, T, V_tgt)
 
 P is the sinusoidal table (``positional="sinusoidal"``) or a learned one.
-With ``pad_id`` set, padding masks are derived from the ids.
+With ``pad_id`` set, padding masks are derived from the ids. ``decode`` takes
+a ``KVCache`` for incremental decoding (greedy and beam search live in
+:mod:`nptransformer.generation`).
 
 >>> import numpy as np
 >>> m = Seq2SeqTransformer(10, 10, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
@@ -47,16 +49,16 @@ class TokenEmbedding(Module):
         self.position = Embedding(max_len, token.embedding_dim, dtype=dtype) if positional == "learned" else None
         self.dropout = Dropout(dropout)
 
-    def forward(self, ids: Any) -> Any:
-        """ids (B, T) -> (B, T, C)."""
+    def forward(self, ids: Any, offset: int = 0) -> Any:
+        """ids (B, T) -> (B, T, C); ``offset`` is the position of ids' first column (decoding with a cache)."""
         T = ids.shape[-1]
-        if T > self.max_len:
-            raise ValueError(f"sequence length {T} exceeds max_len {self.max_len} (the position table's size)")
+        if offset + T > self.max_len:
+            raise ValueError(f"sequence length {offset + T} exceeds max_len {self.max_len} (the position table's size)")
         x = self.token(ids) * self.scale
         if self.position is None:
-            x, _ = sinusoidal_forward(x)
+            x, _ = sinusoidal_forward(x, offset=offset)
         else:
-            x = x + self.position(backend.arange(T, like=ids))
+            x = x + self.position(backend.arange(T, like=ids) + offset)
         return self.dropout(x)
 
     def backward(self, d: Any) -> None:
@@ -103,29 +105,44 @@ class Seq2SeqTransformer(Module):
     def _padding(self, ids: Any) -> Any:
         return None if self.pad_id is None else ids == self.pad_id
 
-    def encode(self, src: Any) -> Any:
-        """src (B, S) ids -> memory (B, S, C)."""
+    def encode(self, src: Any, need_weights: bool = False) -> Any:
+        """src (B, S) ids -> memory (B, S, C); ``need_weights``: encoder self-attention keeps ``attn_weights``."""
         _checks.check_int("src", src)
         x = self.src_embed(src)
-        return self.transformer.encoder(x, src_key_padding_mask=self._padding(src))
+        return self.transformer.encoder(x, src_key_padding_mask=self._padding(src), need_weights=need_weights)
 
-    def decode(self, tgt: Any, memory: Any, src: Any = None) -> Any:
-        """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V_tgt); ``src`` gives the memory's padding."""
+    def decode(self, tgt: Any, memory: Any, src: Any = None, cache: Any = None, need_weights: bool = False) -> Any:
+        """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V_tgt); ``src`` gives the memory's padding.
+
+        ``cache`` (a :class:`~nptransformer.generation.KVCache` with
+        cross-attention, inside ``no_grad``): tgt holds only the new tokens,
+        at positions cache.length, cache.length + 1, ...; the memory is
+        projected into keys and values on the first call only.
+        ``need_weights``: the decoder's attention modules keep ``attn_weights``.
+        """
         _checks.check_int("tgt", tgt)
         if tgt.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt and src must have the same batch size, got {tgt.shape[0]} and {memory.shape[0]}")
-        y = self.transformer.decoder(self.tgt_embed(tgt), memory, tgt_key_padding_mask=self._padding(tgt),
+        padding = self._padding(tgt)
+        if cache is not None and padding is not None:
+            padding = cache.extend_key_padding(padding)  # the keys include every earlier target token
+        offset = 0 if cache is None else cache.length
+        y = self.transformer.decoder(self.tgt_embed(tgt, offset), memory, tgt_key_padding_mask=padding,
                                      memory_key_padding_mask=self._padding(src) if src is not None else None,
-                                     tgt_is_causal=True)
+                                     tgt_is_causal=True, need_weights=need_weights, cache=cache)
         if self.generator is not None:
             return self.generator(y)
         logits, ctx = linear_forward(y, self.tgt_embed.token.weight.data)
         self.save_for_backward(ctx)
         return logits
 
-    def forward(self, src: Any, tgt: Any) -> Any:
-        """src (B, S), tgt (B, T) ids -> logits (B, T, tgt_vocab_size) (teacher forcing)."""
-        return self.decode(tgt, self.encode(src), src)
+    def forward(self, src: Any, tgt: Any, need_weights: bool = False) -> Any:
+        """src (B, S), tgt (B, T) ids -> logits (B, T, tgt_vocab_size) (teacher forcing).
+
+        ``need_weights``: every attention module keeps its ``attn_weights``
+        (see :func:`nptransformer.viz.attention_maps`).
+        """
+        return self.decode(tgt, self.encode(src, need_weights), src, need_weights=need_weights)
 
     def backward(self, dlogits: Any) -> None:
         """dL/dlogits (B, T, V) -> accumulates every parameter's gradient."""

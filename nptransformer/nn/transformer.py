@@ -29,11 +29,13 @@ class TransformerEncoder(Module):
         self.num_layers = num_layers
         self.norm = norm
 
-    def forward(self, src: Any, mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool | None = None) -> Any:
-        """src (B, S, E) -> memory (B, S, E)."""
+    def forward(self, src: Any, mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool | None = None,
+                need_weights: bool = False) -> Any:
+        """src (B, S, E) -> memory (B, S, E); ``need_weights``: each layer's ``self_attn`` keeps ``attn_weights``."""
         x = src
         for layer in self.layers:
-            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal),
+                      need_weights=need_weights)
         return self.norm(x) if self.norm is not None else x
 
     def backward(self, d: Any) -> Any:
@@ -59,13 +61,22 @@ class TransformerDecoder(Module):
 
     def forward(self, tgt: Any, memory: Any, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
-                tgt_is_causal: bool | None = None, memory_is_causal: bool = False) -> Any:
-        """tgt (B, T, E), memory (B, S, E) -> (B, T, E)."""
+                tgt_is_causal: bool | None = None, memory_is_causal: bool = False, need_weights: bool = False,
+                cache: Any = None) -> Any:
+        """tgt (B, T, E), memory (B, S, E) -> (B, T, E).
+
+        ``need_weights``: every layer's attention modules keep ``attn_weights``.
+        ``cache``: a ``KVCache`` with one ``LayerCache`` (with cross-attention)
+        per layer, for incremental decoding under ``no_grad``.
+        """
+        if cache is not None and len(cache.layers) != len(self.layers):
+            raise ValueError(f"cache has {len(cache.layers)} layers, the decoder has {len(self.layers)}")
         x = tgt
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
                       memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=bool(tgt_is_causal),
-                      memory_is_causal=memory_is_causal)
+                      memory_is_causal=memory_is_causal, need_weights=need_weights,
+                      cache=None if cache is None else cache.layers[i])
         return self.norm(x) if self.norm is not None else x
 
     def backward(self, d: Any) -> tuple[Any, Any]:
@@ -110,18 +121,19 @@ class Transformer(Module):
     def forward(self, src: Any, tgt: Any, src_mask: Any = None, tgt_mask: Any = None, memory_mask: Any = None,
                 src_key_padding_mask: Any = None, tgt_key_padding_mask: Any = None,
                 memory_key_padding_mask: Any = None, src_is_causal: bool | None = None,
-                tgt_is_causal: bool | None = None, memory_is_causal: bool = False) -> Any:
-        """src (B, S, E), tgt (B, T, E) -> (B, T, E)."""
+                tgt_is_causal: bool | None = None, memory_is_causal: bool = False, need_weights: bool = False) -> Any:
+        """src (B, S, E), tgt (B, T, E) -> (B, T, E); ``need_weights``: attention modules keep ``attn_weights``."""
         for name, x in (("src", src), ("tgt", tgt)):
             _checks.check_float(name, x)
             if x.ndim != 3 or x.shape[-1] != self.d_model:
                 raise ValueError(f"{name} must have shape (B, T, d_model={self.d_model}), got {tuple(x.shape)}")
         if src.shape[0] != tgt.shape[0]:
             raise ValueError(f"src and tgt must have the same batch size, got {src.shape[0]} and {tgt.shape[0]}")
-        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal,
+                              need_weights=need_weights)
         return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                             tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal, need_weights=need_weights)
 
     def backward(self, d: Any) -> tuple[Any, Any]:
         """dL/d(output) (B, T, E) -> (dL/dsrc (B, S, E), dL/dtgt (B, T, E))."""

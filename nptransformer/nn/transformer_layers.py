@@ -8,6 +8,9 @@ GPT-2 and most models since):
 Backward through a residual block sends the gradient down both paths and
 adds them; the order of the backward calls is the reverse of the forward.
 docs/backprop-walkthrough.md follows one gradient through both layers.
+
+For inference both layers take ``need_weights`` (their attention modules then
+keep ``attn_weights``) and ``cache``, a ``LayerCache`` (docs/generation.md).
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ def _check_sizes(d_model: int, nhead: int, dim_feedforward: int, dropout: float)
 class _Sublayers(Module):
     """The self-attention and feed-forward sublayers both layer types share."""
 
-    def _self_attention(self, x: Any, mask: Any, padding: Any, is_causal: bool) -> Any:
-        y, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=False, is_causal=is_causal)
+    def _self_attention(self, x: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool, cache: Any) -> Any:
+        y, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=need_weights,
+                              average_attn_weights=False, is_causal=is_causal,
+                              cache=None if cache is None else cache.self_attn)
         return self.dropout1(y)
 
     def _self_attention_backward(self, d: Any) -> Any:
@@ -83,10 +88,16 @@ class TransformerEncoderLayer(_Sublayers):
         self.dropout2 = Dropout(dropout)
         self.activation = make_activation(activation)
 
-    def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False) -> Any:
-        """src (B, S, E) -> (B, S, E); masks as in :class:`MultiheadAttention`."""
+    def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False,
+                need_weights: bool = False, cache: Any = None) -> Any:
+        """src (B, S, E) -> (B, S, E); masks as in :class:`MultiheadAttention`.
+
+        ``need_weights``: ``self_attn.attn_weights`` keeps the (B, H, S, S)
+        probabilities. ``cache`` (a ``LayerCache``, under ``no_grad``): src
+        holds only the new positions, and masks cover cached + new keys.
+        """
         x = src
-        sa = (src_mask, src_key_padding_mask, is_causal)
+        sa = (src_mask, src_key_padding_mask, is_causal, need_weights, cache)
         if self.norm_first:
             x = x + self._self_attention(self.norm1(x), *sa)
             return x + self._feed_forward(self.norm2(x), self.dropout2)
@@ -135,11 +146,20 @@ class TransformerDecoderLayer(_Sublayers):
 
     def forward(self, tgt: Any, memory: Any, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
-                tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Any:
-        """tgt (B, T, E), memory (B, S, E) -> (B, T, E)."""
+                tgt_is_causal: bool = False, memory_is_causal: bool = False,
+                need_weights: bool = False, cache: Any = None) -> Any:
+        """tgt (B, T, E), memory (B, S, E) -> (B, T, E).
+
+        ``need_weights``: ``self_attn.attn_weights`` (B, H, T, T) and
+        ``multihead_attn.attn_weights`` (B, H, T, S) keep the probabilities.
+        ``cache`` (a ``LayerCache`` with ``cross_attn``, under ``no_grad``):
+        tgt holds only the new positions; the memory's keys and values are
+        projected on the first call and reused after.
+        """
         x = tgt
-        sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal)
-        ca = (memory, memory_mask, memory_key_padding_mask, memory_is_causal)
+        sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal, need_weights, cache)
+        ca = (memory, memory_mask, memory_key_padding_mask, memory_is_causal, need_weights,
+              None if cache is None else cache.cross_attn)
         if self.norm_first:
             x = x + self._self_attention(self.norm1(x), *sa)
             x = x + self._cross_attention(self.norm2(x), *ca)
@@ -148,9 +168,11 @@ class TransformerDecoderLayer(_Sublayers):
         x = self.norm2(x + self._cross_attention(x, *ca))
         return self.norm3(x + self._feed_forward(x, self.dropout3))
 
-    def _cross_attention(self, x: Any, memory: Any, mask: Any, padding: Any, is_causal: bool) -> Any:
+    def _cross_attention(self, x: Any, memory: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool,
+                         cache: Any) -> Any:
         y, _ = self.multihead_attn(x, memory, memory, attn_mask=mask, key_padding_mask=padding,
-                                   need_weights=False, is_causal=is_causal)
+                                   need_weights=need_weights, average_attn_weights=False, is_causal=is_causal,
+                                   cache=cache)
         return self.dropout2(y)
 
     def backward(self, d: Any) -> tuple[Any, Any]:

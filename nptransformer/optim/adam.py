@@ -68,14 +68,22 @@ class Adam(Optimizer):
                 p.data *= 1 - lr * wd
             else:
                 g = g + wd * p.data  # a new array: p.grad itself is left as backward wrote it
+        # In place wherever the algebra allows: one temporary at a time, no full-size
+        # array for each operator (the moments and the parameter keep their memory).
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
-        v += (1 - beta2) * (g * g)
+        g2 = g * g
+        g2 *= 1 - beta2
+        v += g2
         xp = backend.get_array_module(g)
-        denom = xp.sqrt(v) / math.sqrt(1 - beta2**t) + group["eps"]
-        p.data -= (lr / (1 - beta1**t)) * (m / denom)
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1 - beta2**t)
+        denom += group["eps"]
+        step = m / denom
+        step *= lr / (1 - beta1**t)
+        p.data -= step
 
 
 class AdamW(Adam):

@@ -1,0 +1,233 @@
+"""A small training loop: steps, a progress line, validation, checkpoints, resume, divergence stop.
+
+One step is the five lines of docs/optim.md, plus a check that the loss is
+a finite number *before* backward touches anything::
+
+    loss = criterion(model(*inputs), targets)
+    model.backward(criterion.backward())
+    clip_grad_norm(model.parameters(), max_grad_norm)
+    optimizer.step(); schedule.step(); optimizer.zero_grad()
+
+:class:`Trainer` runs that step ``max_steps`` times and around it:
+
+- prints ``step | loss | lr | tokens/s | elapsed | ETA`` every ``log_every``
+  steps, rewriting one line with ``\\r`` on a terminal and printing one line
+  per interval otherwise (logs, CI);
+- calls ``eval_fn(model)`` every ``eval_every`` steps in eval mode under
+  ``no_grad`` and prints what it returns;
+- saves a checkpoint every ``checkpoint_every`` steps and at the end, and
+  with ``resume=True`` continues from it, bit-identical to a run that never
+  stopped (the batch generator's state is in the checkpoint);
+- stops with :class:`TrainingDiverged` when the loss is nan or inf, naming
+  the step and the last good checkpoint, instead of training on garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, TextIO
+
+from . import _checks
+from .backend import Generator, to_numpy
+from .generation.inference import inference
+from .io import load_checkpoint, save_checkpoint
+from .optim import clip_grad_norm
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Limit BLAS to ``n`` threads inside the block (needs threadpoolctl; ``None``: leave BLAS alone).
+
+    These models multiply small matrices. On a 2-core machine shared with
+    other processes, two OpenBLAS threads made a training step 15 to 25
+    times slower than one thread (docs/training.md, "BLAS threads").
+    """
+    if n is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print(f"(threadpoolctl is not installed: BLAS threads not limited to {n}; "
+              f"set OPENBLAS_NUM_THREADS={n} before starting Python instead)", flush=True)
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became nan or inf. ``step``: the step that produced it (its update was not applied);
+    ``checkpoint``: (path, step) of the last checkpoint saved or resumed from, or None."""
+
+    def __init__(self, step: int, loss: float, checkpoint: tuple[str, int] | None):
+        self.step, self.loss, self.checkpoint = step, loss, checkpoint
+        if checkpoint is None:
+            where = "no checkpoint was saved (give the Trainer a checkpoint path to keep one)"
+        else:
+            where = (f"last good checkpoint: {checkpoint[0]} (step {checkpoint[1]}); resume from it, "
+                     "e.g. with a lower learning rate")
+        super().__init__(f"loss is {loss} at step {step}: training stopped before this step changed any weight; "
+                         f"{where}")
+
+
+def format_duration(seconds: float) -> str:
+    """``75.2`` -> ``'1m15s'``, ``3725`` -> ``'1h02m05s'``."""
+    s = int(round(seconds))
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Trainer:
+    """Trains ``model`` on batches from ``batch_fn``; see the module docstring for what it does around each step.
+
+    - ``batch_fn(generator) -> (inputs, targets)``: ``inputs`` a tuple of
+      model inputs (``(idx,)`` for GPT, ``(src, tgt_in)`` for the
+      encoder-decoder), ``targets`` the ids ``criterion`` compares the
+      logits with. Draw randomness from ``generator`` only (default
+      ``Generator(0)``), so that a checkpoint captures it.
+    - ``criterion``: e.g. :class:`~nptransformer.nn.CrossEntropyLoss`.
+    - ``schedule``: an LR schedule stepped after every optimizer step, or None.
+    - ``max_grad_norm``: global gradient-norm clip (None: no clipping).
+    - ``eval_fn(model) -> float or dict of floats``: validation metrics.
+    - ``checkpoint``: path of the checkpoint file (None: no checkpoints).
+    - ``out``: where progress goes (default sys.stdout).
+
+    ``history`` collects ``{"step", "loss"}`` per log interval and
+    ``{"step", <metric>: value}`` per validation; it is saved in checkpoints.
+    """
+
+    def __init__(self, model: Any, optimizer: Any, criterion: Any, batch_fn: Callable[[Generator], tuple],
+                 *, schedule: Any = None, max_grad_norm: float | None = 1.0, generator: Generator | None = None,
+                 eval_fn: Callable[[Any], Any] | None = None, checkpoint: str | os.PathLike | None = None,
+                 out: TextIO | None = None):
+        self.model, self.optimizer, self.criterion, self.batch_fn = model, optimizer, criterion, batch_fn
+        self.schedule, self.max_grad_norm, self.eval_fn = schedule, max_grad_norm, eval_fn
+        self.generator = Generator(0) if generator is None else generator
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.out = sys.stdout if out is None else out
+        self.step = 0  # optimizer steps taken
+        self.history: list[dict[str, float]] = []
+        self.last_checkpoint: tuple[str, int] | None = None
+        self._line_open = False  # a \r progress line is waiting for its newline
+
+    # -- one step -----------------------------------------------------------------
+    def train_step(self, inputs: tuple, targets: Any) -> float:
+        """Forward, loss, backward, clip, update, schedule; returns the loss as a float.
+
+        Raises :class:`TrainingDiverged` (weights untouched) when the loss is not finite.
+        """
+        loss = self.criterion(self.model(*inputs), targets)
+        value = float(to_numpy(loss))  # one host copy per step: needed to see nan before it spreads
+        if not math.isfinite(value):
+            self.model.clear_saved()
+            self.criterion.clear_saved()
+            raise TrainingDiverged(self.step + 1, value, self.last_checkpoint)
+        self.model.backward(self.criterion.backward())
+        if self.max_grad_norm is not None:
+            clip_grad_norm(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        return value
+
+    # -- the loop -------------------------------------------------------------------
+    def fit(self, max_steps: int, *, log_every: int = 10, eval_every: int | None = None,
+            checkpoint_every: int | None = None, resume: bool = False) -> list[dict[str, float]]:
+        """Train until ``self.step == max_steps``; returns ``history``.
+
+        ``resume=True`` first loads ``checkpoint`` when that file exists (and
+        says so), continuing from its step. Validation runs every
+        ``eval_every`` steps and after the last one; checkpoints are saved
+        every ``checkpoint_every`` steps and after the last one.
+        """
+        _checks.check_positive_int("max_steps", max_steps)
+        _checks.check_positive_int("log_every", log_every)
+        for name, value in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+            if value is not None:
+                _checks.check_positive_int(name, value)
+        if eval_every is not None and self.eval_fn is None:
+            raise ValueError("eval_every needs an eval_fn: Trainer(..., eval_fn=lambda model: validation_loss)")
+        if checkpoint_every is not None and self.checkpoint is None:
+            raise ValueError("checkpoint_every needs a checkpoint path: Trainer(..., checkpoint='run.npz')")
+        if resume:
+            self._resume()
+        start_step, start_time = self.step, time.perf_counter()
+        train_time, tokens, losses = 0.0, 0, []
+        while self.step < max_steps:
+            t0 = time.perf_counter()
+            inputs, targets = self.batch_fn(self.generator)
+            losses.append(self.train_step(inputs, targets))
+            train_time += time.perf_counter() - t0
+            tokens += math.prod(targets.shape)
+            last = self.step == max_steps
+            if self.step % log_every == 0 or last:
+                self.history.append({"step": self.step, "loss": sum(losses) / len(losses)})
+                eta = (max_steps - self.step) * train_time / (self.step - start_step)  # mean step time so far
+                self._progress(self._status(max_steps, tokens / train_time, time.perf_counter() - start_time, eta))
+                losses = []
+            if eval_every is not None and (self.step % eval_every == 0 or last):
+                self.evaluate()
+            if self.checkpoint is not None and ((checkpoint_every and self.step % checkpoint_every == 0) or last):
+                self.save()
+        self._end_line()
+        return self.history
+
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` (eval mode, no_grad), record and print its metrics."""
+        with inference(self.model, self.model.parameters()[0].data):
+            result = self.eval_fn(self.model)
+        metrics = result if isinstance(result, dict) else {"val_loss": result}
+        self.history.append({"step": self.step, **{k: float(v) for k, v in metrics.items()}})
+        self._end_line()
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"step {self.step} | {shown}", file=self.out, flush=True)
+        return metrics
+
+    # -- checkpoints ----------------------------------------------------------------
+    def save(self) -> None:
+        """Write the checkpoint (model, optimizer, schedule, generators, step, history)."""
+        save_checkpoint(self.checkpoint, self.model, self.optimizer, step=self.step, schedule=self.schedule,
+                        generator=self.generator, history=self.history)
+        self.last_checkpoint = (self.checkpoint, self.step)
+
+    def _resume(self) -> None:
+        if self.checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path: Trainer(..., checkpoint='run.npz')")
+        if not os.path.exists(self.checkpoint):
+            print(f"no checkpoint at {self.checkpoint}: starting from step 0", file=self.out, flush=True)
+            return
+        state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule, self.generator)
+        self.step, self.history = state["step"], list(state.get("history", []))
+        self.last_checkpoint = (self.checkpoint, self.step)
+        print(f"resumed from {self.checkpoint} at step {self.step}", file=self.out, flush=True)
+
+    # -- output ---------------------------------------------------------------------
+    def _status(self, max_steps: int, tokens_per_s: float, elapsed: float, eta: float) -> str:
+        return (f"step {self.step:>{len(str(max_steps))}}/{max_steps} | loss {self.history[-1]['loss']:.4f}"
+                f" | lr {self.optimizer.param_groups[0]['lr']:.2e} | {tokens_per_s:,.0f} tok/s"
+                f" | elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}")
+
+    def _progress(self, line: str) -> None:
+        if _is_tty(self.out):
+            self.out.write("\r" + line + "\x1b[K")  # \x1b[K clears what a longer previous line left
+            self._line_open = True
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def _end_line(self) -> None:
+        if self._line_open:
+            self.out.write("\n")
+            self._line_open = False
+
+
+def _is_tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

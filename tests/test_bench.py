@@ -1,0 +1,71 @@
+"""The bench machinery on a tiny model: it runs, reports, and counts FLOPs by the closed form (no timing asserts)."""
+
+import numpy as np
+import pytest
+
+from nptransformer import bench
+from nptransformer.__main__ import main
+
+TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, batch_size=3, seq_len=6, steps=2, warmup=1,
+            gemm_size=32)
+
+
+def _closed_form_flops(V, L, C, B, T):
+    n_matmul = 12 * L * C * C + 13 * L * C + 2 * C + V * C  # blocks + ln_f + the tied V x C head
+    return (6 * n_matmul + 12 * L * T * C) * B * T
+
+
+def test_bench_runs_and_counts_flops_by_the_closed_form():
+    cfg = bench.BenchConfig(**TINY, profile=True, memory=True, generation=True)
+    result = bench.run(cfg)
+    assert result["flops_per_step"] == _closed_form_flops(V=11, L=2, C=8, B=3, T=6)
+    assert set(result["seconds"]) == {"ours"} and result["seconds"]["ours"] > 0
+    assert len(result["all_seconds"]["ours"]) == 2
+    assert result["gemm_gflops"] > 0
+    assert result["memory"]["ours"]["traced_mib"] > 0  # tracemalloc sees NumPy's buffers
+    assert np.isfinite(result["loss_ours"])
+    labels = [label for label, _ in result["profile"]]
+    assert "linear forward" in labels and "AdamW step" in labels and labels[-1] == "other (module glue)"
+    assert result["generation"]["new_tokens"] == 4 and result["generation"]["tokens_per_s_cache"] > 0
+    report = bench.format_report(result)
+    for text in ("step time (ms)", "tokens/s", "achieved GFLOP/s", "MFU", "peak memory", "where the time goes",
+                 "KV cache"):
+        assert text in report
+
+
+def test_profile_puts_the_ops_back():
+    from nptransformer.functional import linear as functional_linear
+    from nptransformer.nn import linear as nn_linear
+
+    cfg = bench.BenchConfig(**TINY)
+    idx, targets = bench.batch(cfg)
+    step = bench.training_step(bench.build_model(cfg), idx, targets)
+    bench.profile_ops(step, 1)
+    assert nn_linear.linear_forward is functional_linear.linear_forward
+    assert "step" not in vars(step.optimizer)
+
+
+def test_checkpointed_bench_counts_the_same_model_flops():
+    plain = bench.BenchConfig(**TINY)
+    checkpointed = bench.BenchConfig(**TINY, checkpoint_activations=True)
+    model = bench.build_model(checkpointed)
+    assert model.checkpoint_activations is True
+    assert bench.flops_per_step(model, checkpointed) == bench.flops_per_step(bench.build_model(plain), plain)
+
+
+def test_compare_torch_uses_the_same_weights_and_reports_the_ratio():
+    pytest.importorskip("torch", reason="--compare-torch needs torch")
+    cfg = bench.BenchConfig(**TINY, compare_torch=True, memory=False, generation=False)
+    result = bench.run(cfg)
+    assert abs(result["loss_ours"] - result["loss_torch"]) < 1e-5  # the same model, the same batch
+    assert set(result["seconds"]) == {"ours", "torch"}
+    assert "nptransformer / PyTorch: step time" in bench.format_report(result)
+
+
+def test_cli_bench_prints_the_report(capsys):
+    args = ["bench", "--vocab-size", "11", "--block-size", "8", "--layers", "1", "--heads", "2", "--d-model", "8",
+            "--batch-size", "2", "--steps", "1", "--warmup", "1", "--gemm-size", "16", "--no-memory",
+            "--no-generation", "--backend", "strict"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "backend strict" in out and "step time (ms)" in out
