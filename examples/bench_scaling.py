@@ -8,15 +8,19 @@ number and a PNG of four panels (docs/figures/scaling.png in the docs):
   at every T) stay fixed and only the attention products (O(T^2 d)) grow;
 - d_model = 128 ... 1024 at T = 128, B = 16, where the GEMMs grow as d^2.
 
-    python examples/bench_scaling.py --out docs/figures/scaling   # ~15 min on 2 cores
+    python examples/bench_scaling.py --out docs/figures/scaling   # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+import sys
 
-from nptransformer import bench
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from nptransformer import bench  # noqa: E402
 
 SEQ_LENS = (64, 128, 256, 512, 1024)
 WIDTHS = (128, 256, 512, 1024)
@@ -57,14 +61,16 @@ def plot(results: dict, path: str) -> None:
             if racer in rows[0]["seconds"]:
                 time_ax.plot(x, [1e3 * r["seconds"][racer] for r in rows], style, label=who)
                 mem_ax.plot(x, [r["memory"][racer]["rss_mib"] for r in rows], style, label=who)
-        # what the FLOP count alone predicts at the measured GEMM peak, split into its two terms
+        # what the FLOP count alone predicts at the GEMM peak (the median over the sweep's
+        # measurements), split into its two terms
+        peak = sorted(r["gemm_gflops"] for r in rows)[len(rows) // 2] * 1e9
         gemm_ms, attn_ms = [], []
         for r in rows:
             c = r["config"]
             T, C, L, tokens = c["block_size"], c["d_model"], c["n_layer"], c["block_size"] * c["batch_size"]
             attention = 12 * L * T * C * tokens
-            gemm_ms.append(1e3 * (r["flops_per_step"] - attention) / (r["gemm_gflops"] * 1e9))
-            attn_ms.append(1e3 * attention / (r["gemm_gflops"] * 1e9))
+            gemm_ms.append(1e3 * (r["flops_per_step"] - attention) / peak)
+            attn_ms.append(1e3 * attention / peak)
         time_ax.plot(x, gemm_ms, ":", color="gray", label="weight GEMMs at GEMM peak (O(T d^2) a sequence)")
         time_ax.plot(x, attn_ms, "-.", color="gray", label="attention products at GEMM peak (O(T^2 d))")
         for ax, ylabel in ((time_ax, "training step (ms)"), (mem_ax, "peak memory (MiB)")):

@@ -132,6 +132,7 @@ def evaluate(model: MaskedLM, ids: np.ndarray, seq_len: int, unigram_id: int, se
 
 def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 4, heads: int = 4, intermediate: int = 512,
                    seq_len: int = 126, batch_size: int = 32, steps: int = 1500, lr: float = 1e-3, warmup: int = 100,
+                   init_std: float = 0.02,
                    weight_decay: float = 0.01, dropout: float = 0.0, eval_every: int = 500, log_every: int = 25,
                    checkpoint: str | None = None, resume: bool = False, seed: int = 0,
                    out: Any = None) -> tuple[MaskedLM, Trainer]:
@@ -151,6 +152,7 @@ def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 4, heads: int 
     backend.manual_seed(seed)
     bert = BERT(vocab_size, hidden, layers, heads, intermediate, hidden_dropout_prob=dropout,
                 attention_probs_dropout_prob=dropout, max_position_embeddings=128, pad_token_id=PAD_ID,
+                initializer_range=init_std,
                 add_pooling_layer=False, add_mlm_head=True, generator=Generator(seed))
     model = MaskedLM(bert)
     optimizer = AdamW(param_groups_for_weight_decay(model, weight_decay), lr=lr, betas=(0.9, 0.99))
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intermediate", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--init-std", type=float, default=0.02)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--checkpoint", default=None, help="checkpoint file, saved at every evaluation (read with --resume)")
     parser.add_argument("--resume", action="store_true")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         with blas_threads(args.threads or None):
             model, trainer = train_bert_mlm(
                 text, hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
-                seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps, lr=args.lr, dropout=args.dropout,
+                seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps, lr=args.lr, init_std=args.init_std,
+                dropout=args.dropout,
                 eval_every=args.eval_every, checkpoint=args.checkpoint, resume=args.resume, seed=args.seed)
     except TrainingDiverged as e:
         print(f"\nstopped: {e}")

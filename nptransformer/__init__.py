@@ -10,8 +10,10 @@ __version__ = "0.1.0"
 from . import backend, functional, generation, models, nn, optim, viz
 from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
+from .io import load_checkpoint, save_checkpoint
 from .models import BERT, GPT, Seq2SeqTransformer
 from .tokenizers import BertTokenizer, CharTokenizer
 
 __all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "generation", "viz", "no_grad", "is_grad_enabled",
-           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "BertTokenizer", "CharTokenizer"]
+           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "BertTokenizer", "CharTokenizer",
+           "save_checkpoint", "load_checkpoint"]

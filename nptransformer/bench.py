@@ -24,6 +24,7 @@ the measured numbers and how to read them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -31,11 +32,13 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from . import backend
+from .functional import _blocks
+from .training import blas_threads
 
 _FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "batch_size", "seq_len", "dtype", "dropout",
            "steps", "warmup", "backend", "checkpoint_activations", "compare_torch", "threads", "gemm_size",
@@ -118,7 +121,7 @@ def flops_per_step(model: Any, cfg: BenchConfig) -> int:
 
 # -- threads and GEMM peak ----------------------------------------------------------------------
 def blas_info() -> tuple[int, str]:
-    """(threads, description) of NumPy's BLAS, from threadpoolctl when installed, else (os.cpu_count(), "?")."""
+    """(threads, description) of NumPy's BLAS, from threadpoolctl; without it, os.cpu_count() threads."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -129,21 +132,6 @@ def blas_info() -> tuple[int, str]:
     info = blas[0]
     kernel = info.get("architecture") or info.get("threading_layer") or ""
     return info["num_threads"], f"{info['internal_api']} {info.get('version') or ''} {kernel}".strip()
-
-
-def _limit_blas(threads: int | None) -> Any:
-    """A context limiting NumPy's BLAS to ``threads`` (a no-op for None or without threadpoolctl)."""
-    import contextlib
-
-    if threads is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        print("warning: threadpoolctl is not installed, so --threads cannot limit NumPy's BLAS; "
-              "set OPENBLAS_NUM_THREADS / OMP_NUM_THREADS instead", file=sys.stderr)
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def gemm_seconds(n: int, dtype: str) -> Callable[[], float]:
@@ -173,7 +161,7 @@ def _timed(step: Callable[[], Any]) -> float:
 # -- the run --------------------------------------------------------------------------------------
 def run(cfg: BenchConfig) -> dict:
     """Time the config's training step (and PyTorch's when asked); returns every number the report prints."""
-    with backend.use(cfg.backend), _limit_blas(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads), _block_threads(cfg.threads):
         threads, blas = blas_info()
         threads = cfg.threads or threads
         model = build_model(cfg)
@@ -214,6 +202,18 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
+
+
+@contextlib.contextmanager
+def _block_threads(n: int | None) -> Iterator[None]:
+    """Give the elementwise thread pool (functional/_blocks) the same thread count as BLAS and torch."""
+    previous = _blocks.THREADS
+    if n is not None:
+        _blocks.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _blocks.set_num_threads(previous)
 
 
 def _generation(model: Any) -> dict:
@@ -265,7 +265,7 @@ def _memory_child(cfg_dict: dict, racer: str) -> dict:
 
         torch.set_num_threads(threads)
     traced = racer == "ours" and cfg.backend != "cupy"
-    with backend.use(cfg.backend), _limit_blas(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads), _block_threads(cfg.threads):
         before = _rss_kib()
         if traced:
             tracemalloc.start()
@@ -370,7 +370,7 @@ def format_report(result: dict) -> str:
         f"training step = forward + cross-entropy + backward + AdamW; median of {cfg.steps} steps "
         f"after {cfg.warmup} warm-up",
         f"model FLOPs per step (GPT.flops_per_token x B x T): {result['flops_per_step'] / 1e9:.2f} GFLOP",
-        f"float32 GEMM peak ({cfg.gemm_size}^3 matmul, same run, same threads): {result['gemm_gflops']:.1f} GFLOP/s",
+        f"{cfg.dtype} GEMM peak ({cfg.gemm_size}^3 matmul, same run, same threads): {result['gemm_gflops']:.1f} GFLOP/s",
         "",
     ]
     names = [n for n in ("ours", "torch") if n in result["seconds"]]

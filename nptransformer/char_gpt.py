@@ -57,7 +57,7 @@ def validation_loss(model: Any, ids: np.ndarray, block_size: int, batch_size: in
 
 
 def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: int = 4, block_size: int = 128,
-                   batch_size: int = 32, steps: int = 2600, lr: float = 2e-3, warmup: int = 100,
+                   batch_size: int = 32, steps: int = 1600, lr: float = 2e-3, warmup: int = 100,
                    weight_decay: float = 0.1, dropout: float = 0.0, eval_every: int = 200, log_every: int = 25,
                    checkpoint: str | None = None, resume: bool = False, seed: int = 0,
                    out: TextIO | None = None) -> tuple[GPT, CharTokenizer, Trainer]:

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("train-char", help="train a character-level GPT on a text file, validate, sample")
     c.add_argument("--text", required=True, help="a UTF-8 text file; its last 10%% is held out for validation")
-    c.add_argument("--steps", type=int, default=2600)
+    c.add_argument("--steps", type=int, default=1600)
     c.add_argument("--d-model", type=int, default=128)
     c.add_argument("--layers", type=int, default=4)
     c.add_argument("--heads", type=int, default=4)
