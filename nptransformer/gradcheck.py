@@ -56,7 +56,6 @@ import numpy as np
 
 from . import backend
 from ._checks import FLOAT_DTYPES, is_array
-from .backend import dtype_name
 from .grad_mode import no_grad
 
 TOLERANCES = {

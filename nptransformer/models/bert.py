@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks, backend
-from ..backend import dtype_name, get_array_module
+from ..backend import get_array_module
 from ..functional.embedding import check_token_ids
 from ..functional.linear import linear_backward, linear_forward
 from ..functional.tanh import tanh_backward, tanh_forward
@@ -42,6 +42,7 @@ from ..nn.module import Module, Parameter
 from ..nn.normalization import LayerNorm
 from ..nn.transformer import TransformerEncoder
 from ..nn.transformer_layers import TransformerEncoderLayer
+from ._masks import key_padding_from_attention_mask
 
 HIDDEN_ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 """Hugging Face ``hidden_act`` names BERT accepts -> nptransformer's activation names."""
@@ -233,7 +234,7 @@ class BERT(Module):
                 raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(token_type_ids.shape)}")
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, src_key_padding_mask=_key_padding_mask(attention_mask, tuple(input_ids.shape)))
+        return self.encoder(x, src_key_padding_mask=key_padding_from_attention_mask(attention_mask, tuple(input_ids.shape), "input_ids.shape"))
 
     def backward(self, dhidden: Any) -> None:
         """dL/dhidden (B, T, H) -> accumulates the gradient of every parameter the forward used.
@@ -278,15 +279,3 @@ class BERT(Module):
         return (f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, "
                 f"num_hidden_layers={self.num_hidden_layers}, num_attention_heads={self.num_attention_heads}")
 
-
-def _key_padding_mask(attention_mask: Any, shape: tuple) -> Any:
-    """Hugging Face's attention_mask (1 = keep) -> our key_padding_mask (True = masked), or None."""
-    if attention_mask is None:
-        return None
-    _checks.check_array("attention_mask", attention_mask)
-    if tuple(attention_mask.shape) != shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {shape}, got {tuple(attention_mask.shape)}")
-    xp = get_array_module(attention_mask)
-    if dtype_name(attention_mask.dtype) == "bool":
-        return xp.logical_not(attention_mask)
-    return attention_mask == 0

@@ -37,6 +37,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
+from ._masks import key_padding_from_attention_mask
 
 
 class GPT(Module):
@@ -125,7 +126,7 @@ class GPT(Module):
             if tuple(position_ids.shape) != (B, T):
                 raise ValueError(f"position_ids must have shape (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
             pos = position_ids
-        padding = _key_padding(attention_mask, B, start + T)
+        padding = key_padding_from_attention_mask(attention_mask, (B, start + T), "(B, cached + new positions)")
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
         checkpoints = []  # per block: None, or what checkpoint_backward needs
         for i, block in enumerate(self.blocks):
@@ -199,17 +200,3 @@ class GPT(Module):
         return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, n_layer={self.n_layer}, "
                 f"n_head={self.n_head}, d_model={self.d_model}")
 
-
-def _key_padding(attention_mask: Any, B: int, S: int) -> Any:
-    """Hugging Face's attention_mask (B, S), 1/True = real token, as a key padding mask (True = padding)."""
-    if attention_mask is None:
-        return None
-    _checks.check_array("attention_mask", attention_mask)
-    if tuple(attention_mask.shape) != (B, S):
-        raise ValueError(f"attention_mask must have shape (B, cached + new positions) = {(B, S)}, "
-                         f"got {tuple(attention_mask.shape)}")
-    xp = get_array_module(attention_mask)
-    if backend.dtype_name(attention_mask.dtype) == "bool":
-        return xp.logical_not(attention_mask)
-    _checks.check_int("attention_mask", attention_mask)
-    return attention_mask == 0

@@ -198,7 +198,7 @@ class MultiheadAttention(Module):
         dkey (dvalue = None). Derivation: docs/backprop-walkthrough.md.
         """
         mode, proj_ctx, attn_ctx, (B, L, S) = self.saved()
-        E, H, D = self.embed_dim, self.num_heads, self.head_dim
+        H, D = self.num_heads, self.head_dim
         xp = get_array_module(dy)
         do = self.out_proj.backward(dy)  # forward: y = o W_o^T + b_o
         do = xp.permute_dims(xp.reshape(do, (B, L, H, D)), (0, 2, 1, 3))  # (B, L, E) -> (B, H, L, D)
