@@ -1,9 +1,9 @@
 """A small BERT pretrained with masked-language modelling on Shakespeare's characters, against the unigram baseline.
 
-Run from the repository root (NumPy CPU; about 10 minutes on 2 cores):
+Run from the repository root (NumPy CPU; about 8 minutes on 2 cores):
 
-    python examples/bert_mlm.py
-    python examples/bert_mlm.py --steps 300 --eval-every 100     # a quick look
+    python examples/bert_mlm.py                   # 3000 steps: about 55% MLM accuracy, unigram baseline 15%
+    python examples/bert_mlm.py --steps 1500      # about 4 minutes: about 49%
 
 Each training sequence is ``[CLS]`` + ``--seq-len`` characters of the first
 90% of the text + ``[SEP]``. As in BERT, 15% of the character positions are
@@ -16,6 +16,16 @@ positions. It reports the MLM loss and accuracy there, the accuracy at the
 ``[MASK]`` positions alone, and the unigram baseline: always answering the
 most frequent character of the training split, scored on the same positions.
 docs/training.md records the measured numbers.
+
+Why 2 layers and initial weights of std 0.07 rather than BERT's 0.02: a
+``[MASK]`` carries nothing of its own, so before it can beat the unigram
+answer the model must learn to attend to the neighbours of a position, by
+position. Until then the loss sits on a plateau near 3.1 nats. An attention
+score is a product of two weight matrices, so with small initial weights its
+gradient starts small too: in our runs a 4-layer model at std 0.02 was still
+on the plateau after 600 steps, while this configuration leaves it after 400
+to 800 steps and climbs from there. Sequences of 62 characters keep a step
+cheap, and it is the number of steps that gets the model off the plateau.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 N_SPECIAL = len(SPECIAL_TOKENS)
 IGNORE = -100  # label of the positions the loss skips (CrossEntropyLoss's default ignore_index)
+MAX_POSITIONS = 128  # the model's position table: [CLS] + at most 126 characters + [SEP]
 
 
 def with_special_tokens(chars: np.ndarray) -> np.ndarray:
@@ -130,11 +141,10 @@ def evaluate(model: MaskedLM, ids: np.ndarray, seq_len: int, unigram_id: int, se
             "mask_acc": correct[masked].mean(), "unigram_acc": (labels[selected] == unigram_id).mean()}
 
 
-def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 4, heads: int = 4, intermediate: int = 512,
-                   seq_len: int = 126, batch_size: int = 32, steps: int = 1500, lr: float = 1e-3, warmup: int = 100,
-                   init_std: float = 0.02,
-                   weight_decay: float = 0.01, dropout: float = 0.0, eval_every: int = 500, log_every: int = 25,
-                   checkpoint: str | None = None, resume: bool = False, seed: int = 0,
+def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 2, heads: int = 4, intermediate: int = 512,
+                   seq_len: int = 62, batch_size: int = 32, steps: int = 3000, lr: float = 3e-3, warmup: int = 100,
+                   init_std: float = 0.07, weight_decay: float = 0.01, dropout: float = 0.0, eval_every: int = 500,
+                   log_every: int = 25, checkpoint: str | None = None, resume: bool = False, seed: int = 0,
                    out: Any = None) -> tuple[MaskedLM, Trainer]:
     """Pretrain a character BERT on the first 90% of ``text``; returns (model, trainer).
 
@@ -143,17 +153,17 @@ def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 4, heads: int 
     holds the training loss every ``log_every`` steps and :func:`evaluate`'s
     metrics on the held-out 10% every ``eval_every`` steps and after the last.
     """
-    if seq_len + 2 > 128:
-        raise ValueError(f"seq_len must be at most 126 ([CLS] and [SEP] fill the 128 positions), got {seq_len}")
+    if seq_len + 2 > MAX_POSITIONS:
+        raise ValueError(f"seq_len must be at most {MAX_POSITIONS - 2} ([CLS] and [SEP] take two of the "
+                         f"{MAX_POSITIONS} positions), got {seq_len}")
     tokenizer, train_ids, val_ids = split_text(text)
     train_ids, val_ids = train_ids + N_SPECIAL, val_ids + N_SPECIAL
     vocab_size = N_SPECIAL + tokenizer.vocab_size
     unigram_id = int(np.bincount(train_ids).argmax())
     backend.manual_seed(seed)
     bert = BERT(vocab_size, hidden, layers, heads, intermediate, hidden_dropout_prob=dropout,
-                attention_probs_dropout_prob=dropout, max_position_embeddings=128, pad_token_id=PAD_ID,
-                initializer_range=init_std,
-                add_pooling_layer=False, add_mlm_head=True, generator=Generator(seed))
+                attention_probs_dropout_prob=dropout, max_position_embeddings=MAX_POSITIONS, pad_token_id=PAD_ID,
+                initializer_range=init_std, add_pooling_layer=False, add_mlm_head=True, generator=Generator(seed))
     model = MaskedLM(bert)
     optimizer = AdamW(param_groups_for_weight_decay(model, weight_decay), lr=lr, betas=(0.9, 0.99))
     schedule = WarmupCosine(optimizer, warmup_steps=min(warmup, steps // 10), total_steps=steps, min_lr=lr / 10)
@@ -170,16 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     """Train, then print the held-out MLM loss and accuracy next to the unigram baseline, and the wall time."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default=str(ROOT / "examples" / "data" / "shakespeare.txt"))
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=126, help="characters per sequence, at most 126")
+    parser.add_argument("--seq-len", type=int, default=62, help="characters per sequence, at most 126")
     parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--init-std", type=float, default=0.02)
+    parser.add_argument("--init-std", type=float, default=0.07,
+                        help="std of the initial weights (BERT: 0.02)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--checkpoint", default=None, help="checkpoint file, saved at every evaluation (read with --resume)")
     parser.add_argument("--resume", action="store_true")

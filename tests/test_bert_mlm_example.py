@@ -10,6 +10,7 @@ import pytest
 
 from nptransformer import backend
 from nptransformer.backend import Generator, to_numpy
+from nptransformer.training import blas_threads
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,8 +79,8 @@ def test_batches_are_framed_by_cls_and_sep(example):
 
 def test_a_few_steps_lower_the_loss(example):
     text = (ROOT / "examples" / "data" / "tiny_shakespeare_sample.txt").read_text(encoding="utf-8")
-    with backend.use("numpy"):
-        model, trainer = example.train_bert_mlm(
+    with backend.use("numpy"), blas_threads(1):  # tiny matrices: threads only contend
+        _, trainer = example.train_bert_mlm(
             text, hidden=32, layers=1, heads=2, intermediate=64, seq_len=30, batch_size=16, steps=40, lr=3e-3,
             warmup=5, eval_every=40, log_every=5, out=io.StringIO())
     losses = [h["loss"] for h in trainer.history if "loss" in h]
