@@ -8,7 +8,7 @@ number and a PNG of four panels (docs/figures/scaling.png in the docs):
   at every T) stay fixed and only the attention products (O(T^2 d)) grow;
 - d_model = 128 ... 1024 at T = 128, B = 16, where the GEMMs grow as d^2.
 
-    python examples/bench_scaling.py --out docs/figures/scaling   # about 15 minutes on 2 cores
+    python examples/bench_scaling.py --out docs/figures/scaling --threads 1   # about 15 minutes
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ WIDTHS = (128, 256, 512, 1024)
 TOKENS = 2048
 
 
-def sweep(steps: int, torch: bool) -> dict:
+def sweep(steps: int, torch: bool, threads: int | None) -> dict:
     """Every config's bench result, keyed by sweep name."""
     configs = {
         "seq_len": [dict(block_size=T, batch_size=TOKENS // T, d_model=256) for T in SEQ_LENS],
@@ -37,7 +37,8 @@ def sweep(steps: int, torch: bool) -> dict:
     for name, sizes in configs.items():
         results[name] = []
         for size in sizes:
-            cfg = bench.BenchConfig(**size, steps=steps, warmup=1, compare_torch=torch, generation=False)
+            cfg = bench.BenchConfig(**size, steps=steps, warmup=1, compare_torch=torch, generation=False,
+                                    threads=threads)
             result = bench.run(cfg)
             print(bench.format_report(result), "\n", flush=True)
             results[name].append(result)
@@ -80,7 +81,8 @@ def plot(results: dict, path: str) -> None:
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("GPT training step, 4 layers, float32, 2 CPU cores")
+    threads = results["seq_len"][0]["threads"]
+    fig.suptitle(f"GPT training step, 4 layers, float32, {threads} thread{'s' if threads > 1 else ''}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -90,13 +92,14 @@ def main() -> None:
     parser.add_argument("--out", default="scaling", help="writes OUT.json and OUT.png")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--no-torch", dest="torch", action="store_false")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: BLAS's own)")
     parser.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.json")
     args = parser.parse_args()
     if args.replot:
         with open(args.out + ".json") as f:
             results = json.load(f)
     else:
-        results = sweep(args.steps, args.torch)
+        results = sweep(args.steps, args.torch, args.threads)
         with open(args.out + ".json", "w") as f:
             json.dump(results, f, indent=1)
     plot(results, args.out + ".png")

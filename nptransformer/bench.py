@@ -13,7 +13,9 @@ backward, AdamW update, zero_grad. The bench reports for it
   builds the model and runs two steps, minus its resident set before the model
   existed: parameters, gradients, AdamW moments, activations and temporaries,
   measured the same way for nptransformer and for PyTorch. For NumPy the peak
-  of ``tracemalloc`` (which sees NumPy's buffers) is printed beside it.
+  of ``tracemalloc`` (which sees NumPy's buffers) is printed beside it;
+- inference tokens/s with and without the KV cache
+  (:func:`nptransformer.generation.benchmark_generation`).
 
 ``--compare-torch`` races the same model in PyTorch eager (see
 :mod:`nptransformer.bench_torch`) with the same weights, data and thread
@@ -24,25 +26,19 @@ the measured numbers and how to read them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
 
 import numpy as np
 
 from . import backend
-from .functional import _blocks
 from .training import blas_threads
-
-_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "batch_size", "seq_len", "dtype", "dropout",
-           "steps", "warmup", "backend", "checkpoint_activations", "compare_torch", "threads", "gemm_size",
-           "profile", "memory", "generation", "seed")
 
 
 @dataclass
@@ -161,7 +157,7 @@ def _timed(step: Callable[[], Any]) -> float:
 # -- the run --------------------------------------------------------------------------------------
 def run(cfg: BenchConfig) -> dict:
     """Time the config's training step (and PyTorch's when asked); returns every number the report prints."""
-    with backend.use(cfg.backend), blas_threads(cfg.threads), _block_threads(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads):
         threads, blas = blas_info()
         threads = cfg.threads or threads
         model = build_model(cfg)
@@ -202,18 +198,6 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
-
-
-@contextlib.contextmanager
-def _block_threads(n: int | None) -> Iterator[None]:
-    """Give the elementwise thread pool (functional/_blocks) the same thread count as BLAS and torch."""
-    previous = _blocks.THREADS
-    if n is not None:
-        _blocks.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _blocks.set_num_threads(previous)
 
 
 def _generation(model: Any) -> dict:
@@ -265,7 +249,7 @@ def _memory_child(cfg_dict: dict, racer: str) -> dict:
 
         torch.set_num_threads(threads)
     traced = racer == "ours" and cfg.backend != "cupy"
-    with backend.use(cfg.backend), blas_threads(cfg.threads), _block_threads(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads):
         before = _rss_kib()
         if traced:
             tracemalloc.start()
@@ -420,7 +404,8 @@ def _mib(value: float | None) -> str:
 
 def run_cli(args: Any) -> int:
     """Entry point of ``python -m nptransformer bench``."""
-    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS and v is not None})
+    names = {f.name for f in fields(BenchConfig)}
+    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
     result = run(cfg)
     print(format_report(result))
     if getattr(args, "json", None):

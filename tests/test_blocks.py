@@ -53,6 +53,7 @@ def _run_ops(rng):
 
 def test_blocked_ops_equal_unblocked(backend_name, monkeypatch):
     whole = _run_ops(np.random.default_rng(0))
+    monkeypatch.setattr(_blocks, "WHOLE_ELEMENTS", 0)  # split even these small arrays
     monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 16)  # 2 rows of 7 a block; 15 rows -> 8 blocks
     monkeypatch.setattr(_blocks, "SERIAL_PRODUCT", 256)  # attention's 16 x 2 x 16 products: chunks of 8 rows
     split = _run_ops(np.random.default_rng(0))
@@ -62,6 +63,7 @@ def test_blocked_ops_equal_unblocked(backend_name, monkeypatch):
 
 
 def test_rowwise_stitches_tuples_and_a_short_last_block(monkeypatch):
+    monkeypatch.setattr(_blocks, "WHOLE_ELEMENTS", 0)
     monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 6)  # 2 rows of 3 a block
     x = np.arange(15.0).reshape(5, 3)
     total, doubled = _blocks.rowwise(lambda r: (r.sum(axis=-1, keepdims=True), 2 * r), x)

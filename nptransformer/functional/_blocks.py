@@ -1,23 +1,26 @@
-"""Evaluate an array expression block of rows by block of rows, so its temporaries stay in cache.
+"""Two ways of handing NumPy work in the sizes it runs fastest, used inside the ops.
 
-Why: NumPy evaluates ``0.5 * x * (1.0 + t)`` one operator at a time over the
-whole array. An expression of k operators on a (B*T, 4C) activation streams
-k full-size temporaries through main memory, and each fresh temporary above
-the allocator's mmap threshold is new pages the kernel must fault in and
-zero. Cut into blocks of a few rows, the same expression runs out of the L2
-cache and reuses the same small buffers. Results are unchanged whenever the
-expression treats rows independently (elementwise ops, reductions over the
-last axis), which is the only way the ops use it.
+:func:`rowwise` (and :func:`over_last_axis`) evaluate an expression block of
+rows by block of rows. NumPy evaluates ``0.5 * x * (1.0 + t)`` one operator
+at a time over the whole array: an expression of k operators on a (B*T, 4C)
+activation streams k full-size temporaries through main memory, and each
+fresh temporary above the allocator's mmap threshold is new pages the kernel
+must fault in and zero. Cut into blocks of a few rows, the same expression
+runs out of the L2 cache and reuses the same small buffers. Results are
+unchanged whenever the expression treats rows independently (elementwise
+ops, reductions over the last axis), which is the only way the ops use it.
 
-On CuPy one kernel per operator over the whole array is what a GPU wants, so
-there (and for arrays of one block) the expression is applied once, unsplit.
+:func:`stacked_matmul` keeps the many small products of attention on one
+BLAS thread each (its docstring says why).
+
+On CuPy one kernel per operator over the whole array is what a GPU wants,
+and cuBLAS batches small products itself, so there both apply the
+expression or the product once, unsplit.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..backend import backend_of, get_array_module
@@ -25,27 +28,9 @@ from ..backend import backend_of, get_array_module
 #: Elements per block of the widest input: 64 Ki float32 = 256 KiB a temporary, so the
 #: half-dozen temporaries of a GELU backward fit a 1-2 MiB L2 cache with room to spare.
 BLOCK_ELEMENTS = 1 << 16
-
-#: Threads sharing the blocks on NumPy, whose operators each run on one core. Default: the
-#: NPTRANSFORMER_NUM_THREADS environment variable, else the number of cores (at most 8).
-THREADS = int(os.environ.get("NPTRANSFORMER_NUM_THREADS", 0)) or min(os.cpu_count() or 1, 8)
-_executor: ThreadPoolExecutor | None = None
-
-
-def set_num_threads(n: int) -> None:
-    """Run row blocks of NumPy ops on ``n`` threads (1: all on the calling thread)."""
-    global THREADS
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    THREADS = n
-
-
-def _forget_pool() -> None:
-    global _executor
-    _executor = None  # a forked child has the pool object but none of its threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+#: Arrays of at most this many elements (4 MiB of float32) are left whole: their temporaries
+#: stay in the last-level cache anyway, and splitting only adds calls (measured on layer norm).
+WHOLE_ELEMENTS = 1 << 20
 
 
 def rowwise(fn: Callable[..., Any], *arrays: Any) -> Any:
@@ -55,41 +40,24 @@ def rowwise(fn: Callable[..., Any], *arrays: Any) -> Any:
     must return an array (or a tuple of arrays) whose leading length is that
     of its inputs and whose row r depends only on row r of the inputs.
     Arguments that broadcast (a (C,) weight) belong in ``fn``'s closure.
-    On NumPy the blocks after the first run on :data:`THREADS` threads.
     """
     R = arrays[0].shape[0]
     row_elements = max(math.prod(a.shape[1:]) for a in arrays) or 1
     rows = max(1, BLOCK_ELEMENTS // row_elements)
-    if rows >= R or backend_of(arrays[0]) == "cupy":
+    if rows >= R or R * row_elements <= WHOLE_ELEMENTS or backend_of(arrays[0]) == "cupy":
         return fn(*arrays)
-    first = fn(*(a[:rows, ...] for a in arrays))  # its shapes and dtypes size the outputs
-    tuple_out = isinstance(first, tuple)
-    parts = first if tuple_out else (first,)
-    outs = tuple(get_array_module(p).empty((R,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
-                 for p in parts)
-
-    def block(start: int, computed: Any = None) -> None:
+    outs, tuple_out = None, False
+    for start in range(0, R, rows):
         stop = min(start + rows, R)
-        if computed is None:
-            computed = fn(*(a[start:stop, ...] for a in arrays))
-        for out, p in zip(outs, computed if tuple_out else (computed,)):
+        block = fn(*(a[start:stop, ...] for a in arrays))
+        tuple_out = isinstance(block, tuple)
+        parts = block if tuple_out else (block,)
+        if outs is None:  # the first block's shapes and dtypes size the outputs
+            outs = tuple(get_array_module(p).empty((R,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
+                         for p in parts)
+        for out, p in zip(outs, parts):
             out[start:stop, ...] = p
-
-    block(0, first)
-    starts = range(rows, R, rows)
-    if THREADS > 1 and backend_of(arrays[0]) == "numpy" and len(starts) > 1:
-        list(_pool().map(block, starts))  # NumPy releases the GIL inside each operator
-    else:
-        for start in starts:
-            block(start)
     return outs if tuple_out else outs[0]
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None or _executor._max_workers != THREADS:
-        _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="nptransformer-blocks")
-    return _executor
 
 
 def over_last_axis(fn: Callable[..., Any], *arrays: Any) -> Any:
@@ -131,7 +99,7 @@ def stacked_matmul(a: Any, b: Any) -> Any:
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     rows = _divisor_at_most(M, SERIAL_PRODUCT // max(K * N, 1))
     if a.ndim < 3 or rows == M or rows < 8 or M * K * N >= _LARGE_PRODUCT or backend_of(a) == "cupy":
-        return a @ b
+        return a @ b  # one product, chunks too thin to multiply well, large products, or a GPU
     xp = get_array_module(a, b)
     lead = tuple(a.shape[:-2])
     chunks = xp.reshape(a, lead + (M // rows, rows, K)) @ xp.expand_dims(b, axis=-3)  # (..., M/r, r, N)
