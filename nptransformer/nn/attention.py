@@ -28,6 +28,7 @@ from ..backend import dtype_name, get_array_module
 from ..functional.attention import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from ..functional.linear import linear_backward, linear_forward
 from ..grad_mode import is_grad_enabled
+from . import init
 from .linear import Linear
 from .module import Module, Parameter
 
@@ -56,9 +57,8 @@ class MultiheadAttention(Module):
         _checks.check_probability("dropout", dropout)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.dropout, self.generator = dropout, generator
-        g = generator or backend.default_generator
-        bound = math.sqrt(6.0 / (embed_dim + 3 * embed_dim))  # xavier_uniform on (3E, E), as torch
-        self.in_proj_weight = Parameter(g.uniform((3 * embed_dim, embed_dim), -bound, bound, dtype=dtype))
+        self.in_proj_weight = Parameter(backend.zeros((3 * embed_dim, embed_dim), dtype=dtype))
+        init.xavier_uniform_(self.in_proj_weight, generator=generator)  # as torch
         self.in_proj_bias = Parameter(backend.zeros((3 * embed_dim,), dtype=dtype)) if bias else None
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype, generator=generator)
         if bias:

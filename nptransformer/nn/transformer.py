@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from .. import _checks, backend
+from . import init
 from .module import Module, ModuleList
 from .normalization import LayerNorm
 from .transformer_layers import TransformerDecoderLayer, TransformerEncoderLayer
@@ -111,12 +112,9 @@ class Transformer(Module):
         self.decoder = TransformerDecoder(TransformerDecoderLayer(d_model, nhead, **layer_args), num_decoder_layers,
                                           LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
         self.d_model, self.nhead = d_model, nhead
-        g = generator or backend.default_generator
         for p in self.parameters():
             if len(p.shape) > 1:
-                fan_out, fan_in = p.shape[0], math.prod(p.shape[1:])
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                p.data = g.uniform(p.shape, -bound, bound, dtype=dtype)
+                init.xavier_uniform_(p, generator=generator)
 
     def forward(self, src: Any, tgt: Any, src_mask: Any = None, tgt_mask: Any = None, memory_mask: Any = None,
                 src_key_padding_mask: Any = None, tgt_key_padding_mask: Any = None,
