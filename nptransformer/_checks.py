@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import backend_of, dtype_name
+from .backend import backend_of, dtype_name, get_array_module, to_numpy
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -80,3 +80,22 @@ def check_broadcastable(name_a: str, shape_a: tuple, name_b: str, shape_b: tuple
         if n != m and n != 1 and m != 1:
             raise ValueError(f"{name_a} of shape {tuple(shape_a)} and {name_b} of shape {tuple(shape_b)} "
                              "do not broadcast together")
+
+
+def check_token_ids(name: str, ids: Any, size: int, what: str, ignore_index: int | None = None) -> None:
+    """Raise unless ``ids`` is an integer array with every entry in [0, size) (or equal to ``ignore_index``).
+
+    Finding the offending values needs a reduction read back on the host:
+    one explicit ``to_numpy`` of two numbers (a device sync on a GPU), the
+    price of an error message instead of a silent out-of-bounds read.
+    """
+    check_int(name, ids)
+    if ids.size == 0:
+        return
+    xp = get_array_module(ids)
+    if ignore_index is not None:
+        ids = xp.where(ids == ignore_index, 0, ids)
+    lo, hi = (int(v) for v in to_numpy(xp.stack([xp.min(ids), xp.max(ids)])))
+    if lo < 0 or hi >= size:
+        allowed = f"[0, {size})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+        raise ValueError(f"{name} must hold {what} in {allowed}, got values from {lo} to {hi}")

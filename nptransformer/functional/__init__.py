@@ -7,7 +7,7 @@ which is what puts it under the gradient check.
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from .attention import AttentionContext, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .dropout import dropout_backward, dropout_forward
-from .embedding import check_token_ids, embedding_backward, embedding_forward
+from .embedding import embedding_backward, embedding_forward
 from .linear import add_backward, add_forward, linear_backward, linear_forward, matmul_backward, matmul_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
 from .normalization import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
@@ -17,5 +17,5 @@ from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
-    "OPS", "Case", "OpSpec", "register", "sinusoidal_table", "AttentionContext", "check_token_ids",
+    "OPS", "Case", "OpSpec", "register", "sinusoidal_table", "AttentionContext",
 ]

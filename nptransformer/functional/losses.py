@@ -18,7 +18,6 @@ from typing import Any
 
 from .. import _checks
 from ..backend import arange, dtype_of, get_array_module
-from .embedding import check_token_ids
 from ._blocks import over_last_axis
 from .registry import Case, register
 from .softmax import normalized_exp
@@ -59,7 +58,7 @@ def cross_entropy_forward(
     num_classes = logits.shape[-1]
     xp = get_array_module(logits, target)
     target = xp.astype(target, dtype_of(xp, "int64"))  # uint8 ids cannot even be compared with -100
-    check_token_ids("target", target, num_classes, "class ids", ignore_index=ignore_index)
+    _checks.check_token_ids("target", target, num_classes, "class ids", ignore_index=ignore_index)
 
     column = tuple(target.shape) + (1,)  # (...) -> (..., 1): a row-aligned column of ids
     valid = target != ignore_index  # (...)

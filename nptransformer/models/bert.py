@@ -30,7 +30,6 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
-from ..functional.embedding import check_token_ids
 from ..functional.linear import linear_backward, linear_forward
 from ..functional.tanh import tanh_backward, tanh_forward
 from ..nn import init
@@ -218,7 +217,7 @@ class BERT(Module):
         positions still get a hidden state (ignore it, as
         :func:`~nptransformer.pretrained.mean_pool` does).
         """
-        check_token_ids("input_ids", input_ids, self.vocab_size, "token ids")
+        _checks.check_token_ids("input_ids", input_ids, self.vocab_size, "token ids")
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
@@ -229,7 +228,7 @@ class BERT(Module):
         if token_type_ids is None:
             token_type_ids = xp.zeros_like(input_ids)
         else:
-            check_token_ids("token_type_ids", token_type_ids, self.type_vocab_size, "segment ids")
+            _checks.check_token_ids("token_type_ids", token_type_ids, self.type_vocab_size, "segment ids")
             if tuple(token_type_ids.shape) != tuple(input_ids.shape):
                 raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(token_type_ids.shape)}")

@@ -25,7 +25,6 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
-from ..functional.embedding import check_token_ids
 from ..functional.linear import linear_backward, linear_forward
 from ..generation.decoder_only import generate
 from ..grad_mode import is_grad_enabled
@@ -106,7 +105,7 @@ class GPT(Module):
         - ``need_weights``: each ``blocks[i].self_attn.attn_weights`` keeps
           its (B, H, T, P + T) attention probabilities.
         """
-        check_token_ids("idx", idx, self.vocab_size, "token ids")
+        _checks.check_token_ids("idx", idx, self.vocab_size, "token ids")
         if idx.ndim != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         B, T = idx.shape
