@@ -69,9 +69,14 @@ def check_probability(name: str, p: float, *, allow_one: bool = False) -> None:
         raise ValueError(f"{name} must be a probability in {interval}, got {p!r}")
 
 
+def check_int_at_least(name: str, n: Any, minimum: int, expected: str | None = None) -> None:
+    """Raise ValueError unless ``n`` is an int (not a bool) >= ``minimum``; ``expected`` rewords the message."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise ValueError(f"{name} must be {expected or f'an integer >= {minimum}'}, got {n!r}")
+
+
 def check_positive_int(name: str, n: Any) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    check_int_at_least(name, n, 1, "a positive integer")
 
 
 def check_broadcastable(name_a: str, shape_a: tuple, name_b: str, shape_b: tuple) -> None:

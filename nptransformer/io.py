@@ -44,7 +44,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import __version__, backend
-from ._checks import is_array
+from ._checks import check_int_at_least, is_array
 from ._atomic import atomic_write
 from .backend import Generator, to_numpy
 
@@ -85,8 +85,7 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
     are JSON-able (numbers, strings, lists, dicts) or arrays; they come back
     from :func:`load_checkpoint`.
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    check_int_at_least("step", step, 0)
     if generator is not None and not isinstance(generator, Generator):
         raise TypeError(f"generator must be a nptransformer.backend.Generator or None, got {type(generator).__name__}")
     arrays = {f"model/{k}": to_numpy(v) for k, v in model.state_dict().items()}

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import backend
 from ._atomic import atomic_write
-from ._checks import is_array
+from ._checks import check_positive_int, is_array
 
 MAX_INPUT_CHARS_PER_WORD = 100
 """Longer words become ``[UNK]`` without trying WordPiece (as in BERT)."""
@@ -190,8 +190,7 @@ class BertTokenizer:
         self.do_lower_case = do_lower_case
         self.strip_accents = do_lower_case if strip_accents is None else strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
-        if not isinstance(model_max_length, int) or isinstance(model_max_length, bool) or model_max_length < 1:
-            raise ValueError(f"model_max_length must be a positive integer, got {model_max_length!r}")
+        check_positive_int("model_max_length", model_max_length)
         self.model_max_length = model_max_length
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         specials = {"unk_token": unk_token, "sep_token": sep_token, "pad_token": pad_token, "cls_token": cls_token, "mask_token": mask_token}

@@ -51,8 +51,7 @@ def _check_base(base: float) -> None:
 
 
 def _check_offset(offset: int) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative integer (the position of the first row), got {offset!r}")
+    _checks.check_int_at_least("offset", offset, 0, "a non-negative integer (the position of the first row)")
 
 
 def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0, dtype: Any = "float32", like: Any = None) -> Any:

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .inference import check_count, inference
+from .. import _checks
+from .inference import inference
 from .seq2seq import Seq2SeqStepper, check_decoding_args
 
 
@@ -64,8 +65,8 @@ def beam_search(model: Any, src: Any, beam_width: int, max_len: int, length_pena
     under ``no_grad``.
     """
     check_decoding_args(model, src, max_len, bos_id, eos_id)
-    check_count("beam_width", beam_width, 1)
-    check_count("n_best", n_best, 1)
+    _checks.check_int_at_least("beam_width", beam_width, 1)
+    _checks.check_int_at_least("n_best", n_best, 1)
     if n_best > beam_width:
         raise ValueError(f"n_best must be <= beam_width ({beam_width}), got {n_best}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \

@@ -31,7 +31,7 @@ import numpy as np
 from .. import _checks, backend
 from ..backend import dtype_name, to_numpy
 from .cache import KVCache
-from .inference import check_count, inference
+from .inference import inference
 from .sampling import check_sampling_args, next_tokens
 
 
@@ -59,7 +59,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int, do_sample: bool = False,
     _checks.check_int("idx", idx)
     if idx.ndim != 2 or idx.shape[1] < 1:
         raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-    check_count("max_new_tokens", max_new_tokens, 0)
+    _checks.check_int_at_least("max_new_tokens", max_new_tokens, 0)
     check_sampling_args(do_sample, temperature, top_k, top_p)
     B, T = idx.shape
     block = model.block_size

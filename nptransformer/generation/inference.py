@@ -26,12 +26,6 @@ def inference(model: Any, like: Any) -> Iterator[None]:
             object.__setattr__(m, "training", mode)
 
 
-def check_count(name: str, n: Any, minimum: int) -> None:
-    """Raise ValueError unless ``n`` is an int >= ``minimum`` (max_new_tokens, max_len, beam_width ...)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}")
-
-
 def check_token_id(name: str, token: Any, vocab_size: int) -> None:
     """Raise ValueError unless ``token`` is an int in [0, vocab_size) (bos_id, eos_id, pad_id)."""
     if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:

@@ -24,7 +24,7 @@ import numpy as np
 from .. import _checks, backend
 from ..backend import dtype_name, get_array_module, to_numpy
 from .cache import KVCache
-from .inference import check_count, check_token_id, inference
+from .inference import check_token_id, inference
 
 
 def check_decoding_args(model: Any, src: Any, max_len: int, bos_id: int, eos_id: int) -> None:
@@ -32,7 +32,7 @@ def check_decoding_args(model: Any, src: Any, max_len: int, bos_id: int, eos_id:
     _checks.check_int("src", src)
     if src.ndim != 2 or src.shape[1] < 1:
         raise ValueError(f"src must have shape (B, S) with S >= 1, got {tuple(src.shape)}")
-    check_count("max_len", max_len, 1)
+    _checks.check_int_at_least("max_len", max_len, 1)
     if max_len > model.tgt_embed.max_len:
         raise ValueError(f"max_len {max_len} exceeds the model's max_len {model.tgt_embed.max_len} (its position "
                          "table)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._checks import check_positive_int
+from .._checks import check_int_at_least, check_positive_int
 from .optimizer import Optimizer, check_nonnegative, check_positive
 
 
@@ -130,8 +130,7 @@ class WarmupCosine(LRSchedule):
     """
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        check_int_at_least("warmup_steps", warmup_steps, 0)
         check_positive_int("total_steps", total_steps)
         if total_steps <= warmup_steps:
             raise ValueError(f"total_steps must exceed warmup_steps={warmup_steps}, got {total_steps}")
