@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..functional.softmax import softmax_forward
 
 
 def check_sampling_args(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -64,7 +65,7 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """
     if p >= 1.0:
         return logits
-    probs = _softmax(logits)
+    probs, _ = softmax_forward(logits)
     order = np.argsort(-probs, axis=-1, kind="stable")  # descending; ties keep vocabulary order
     sorted_probs = np.take_along_axis(probs, order, axis=-1)
     mass_ahead = np.cumsum(sorted_probs, axis=-1) - sorted_probs
@@ -72,11 +73,6 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     return np.where(keep, logits, -np.inf)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-    return z / np.sum(z, axis=-1, keepdims=True)
 
 
 def next_tokens(logits: np.ndarray, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -100,7 +96,7 @@ def next_tokens(logits: np.ndarray, do_sample: bool = False, temperature: float 
         scaled = top_k_filter(scaled, top_k)
     if top_p is not None:
         scaled = top_p_filter(scaled, top_p)
-    cdf = np.cumsum(_softmax(scaled), axis=-1)  # (B, V)
+    cdf = np.cumsum(softmax_forward(scaled)[0], axis=-1)  # (B, V)
     g = generator or backend.default_generator
     u = g.uniform((logits.shape[0], 1), dtype="float64", like=logits)  # (B, 1) in [0, 1)
     return np.argmax(cdf > u * cdf[:, -1:], axis=-1).astype(np.int64)  # cdf[-1] is 1 up to rounding
