@@ -46,8 +46,8 @@ from nptransformer.backend import Generator, to_numpy  # noqa: E402
 from nptransformer.char_gpt import split_text  # noqa: E402
 from nptransformer.data import char_batch  # noqa: E402
 from nptransformer.grad_mode import no_grad  # noqa: E402
-from nptransformer.models import BERT  # noqa: E402
-from nptransformer.nn import CrossEntropyLoss, Module  # noqa: E402
+from nptransformer.models import BERT, BERTWithHead  # noqa: E402
+from nptransformer.nn import CrossEntropyLoss  # noqa: E402
 from nptransformer.optim import AdamW, WarmupCosine, param_groups_for_weight_decay  # noqa: E402
 from nptransformer.training import Trainer, TrainingDiverged, blas_threads, format_duration  # noqa: E402
 
@@ -94,29 +94,7 @@ def mlm_batch(data: np.ndarray, seq_len: int, batch_size: int, vocab_size: int,
     return (backend.asarray(inputs, "int64"),), backend.asarray(labels, "int64")
 
 
-class MaskedLM(Module):
-    """``BERT`` followed by its MLM head as one module: ids (B, T) -> logits (B, T, V).
-
-    One forward and one backward, so the :class:`~nptransformer.training.Trainer`
-    step (``criterion(model(ids), labels)``, ``model.backward(dlogits)``) drives it.
-    """
-
-    def __init__(self, bert: BERT):
-        super().__init__()
-        if bert.mlm_head is None:
-            raise ValueError("bert must be built with add_mlm_head=True")
-        self.bert = bert
-
-    def forward(self, input_ids: Any) -> Any:
-        """input_ids (B, T) -> logits (B, T, V)."""
-        return self.bert.mlm_head(self.bert(input_ids))
-
-    def backward(self, dlogits: Any) -> None:
-        """dL/dlogits (B, T, V) -> accumulates every parameter's gradient."""
-        self.bert.backward(self.bert.mlm_head.backward(dlogits))
-
-
-def evaluate(model: MaskedLM, ids: np.ndarray, seq_len: int, unigram_id: int, seed: int = 0,
+def evaluate(model: BERTWithHead, ids: np.ndarray, seq_len: int, unigram_id: int, seed: int = 0,
              batch_size: int = 64) -> dict[str, float]:
     """MLM metrics over ``ids`` (host, N) cut into consecutive windows of ``seq_len``, masked with ``Generator(seed)``.
 
@@ -145,7 +123,7 @@ def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 2, heads: int 
                    seq_len: int = 62, batch_size: int = 32, steps: int = 3000, lr: float = 3e-3, warmup: int = 100,
                    init_std: float = 0.07, weight_decay: float = 0.01, dropout: float = 0.0, eval_every: int = 500,
                    log_every: int = 25, checkpoint: str | None = None, resume: bool = False, seed: int = 0,
-                   out: Any = None) -> tuple[MaskedLM, Trainer]:
+                   out: Any = None) -> tuple[BERTWithHead, Trainer]:
     """Pretrain a character BERT on the first 90% of ``text``; returns (model, trainer).
 
     AdamW (no decay on biases, norms and embeddings), linear warmup then
@@ -164,7 +142,7 @@ def train_bert_mlm(text: str, *, hidden: int = 128, layers: int = 2, heads: int 
     bert = BERT(vocab_size, hidden, layers, heads, intermediate, hidden_dropout_prob=dropout,
                 attention_probs_dropout_prob=dropout, max_position_embeddings=MAX_POSITIONS, pad_token_id=PAD_ID,
                 initializer_range=init_std, add_pooling_layer=False, add_mlm_head=True, generator=Generator(seed))
-    model = MaskedLM(bert)
+    model = BERTWithHead(bert, bert.mlm_head)  # one forward and one backward for the Trainer
     optimizer = AdamW(param_groups_for_weight_decay(model, weight_decay), lr=lr, betas=(0.9, 0.99))
     schedule = WarmupCosine(optimizer, warmup_steps=min(warmup, steps // 10), total_steps=steps, min_lr=lr / 10)
     trainer = Trainer(model, optimizer, CrossEntropyLoss(ignore_index=IGNORE),

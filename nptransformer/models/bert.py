@@ -278,3 +278,26 @@ class BERT(Module):
         return (f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, "
                 f"num_hidden_layers={self.num_hidden_layers}, num_attention_heads={self.num_attention_heads}")
 
+
+class BERTWithHead(Module):
+    """``head(bert(*inputs))`` as one module with one backward, e.g. masked-LM training or a gradient check.
+
+    ``head`` is one of the model's own heads (``bert.mlm_head``: hidden
+    (B, T, H) -> logits (B, T, V); ``bert.pooler``: -> (B, H)). ``forward``
+    takes BERT's inputs; ``backward(d)`` runs the head's backward, then
+    BERT's, accumulating every parameter's gradient (ids have none).
+    """
+
+    def __init__(self, bert: BERT, head: Module):
+        super().__init__()
+        if head is None:
+            raise ValueError("head is None: build BERT with add_mlm_head=True / add_pooling_layer=True")
+        self.bert, self.head = bert, head
+
+    def forward(self, *inputs: Any) -> Any:
+        """BERT's inputs (input_ids (B, T), token_type_ids, attention_mask) -> the head's output."""
+        return self.head(self.bert(*inputs))
+
+    def backward(self, d: Any) -> None:
+        """d = dL/d(head output) -> None; parameter gradients are accumulated."""
+        self.bert.backward(self.head.backward(d))

@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import backend
 from ..nn.check_registry import ModuleCheck, register_module_check
-from ..nn.module import Module
 
 
 def _gpt(rng: Any, tie_weights: bool) -> ModuleCheck:
@@ -30,22 +29,8 @@ def _seq2seq(rng: Any, positional: str, share: bool) -> ModuleCheck:
     return ModuleCheck(model, (backend.asarray(src), backend.asarray(tgt)), wrt=())
 
 
-class _WithHead(Module):
-    """BERT followed by one of its heads, so the check reaches every parameter through one backward."""
-
-    def __init__(self, bert: Any, head: Module):
-        super().__init__()
-        self.bert, self.head = bert, head
-
-    def forward(self, *inputs: Any) -> Any:
-        return self.head(self.bert(*inputs))
-
-    def backward(self, d: Any) -> None:
-        return self.bert.backward(self.head.backward(d))
-
-
 def _bert(rng: Any, head: str) -> ModuleCheck:
-    from .bert import BERT
+    from .bert import BERT, BERTWithHead
 
     # The MLM check is BERT as published (2 layers, exact GELU); the pooler one takes 1 layer and the tanh
     # GELU, because the exact GELU's erf is slow under the strict backend (no native erf there).
@@ -58,7 +43,7 @@ def _bert(rng: Any, head: str) -> ModuleCheck:
     types = np.array([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     inputs = tuple(backend.asarray(a) for a in (ids, types, mask))
-    return ModuleCheck(_WithHead(bert, bert.mlm_head if mlm else bert.pooler), inputs, wrt=())
+    return ModuleCheck(BERTWithHead(bert, bert.mlm_head if mlm else bert.pooler), inputs, wrt=())
 
 
 register_module_check("GPT.tied", lambda rng: _gpt(rng, True))
