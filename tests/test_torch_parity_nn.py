@@ -57,6 +57,7 @@ def attention_configs(draw):
        use_masks=st.booleans())
 def test_multihead_attention_matches_torch(cfg, kind, average, use_masks):
     rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])  # torch's initial weights too, so an example replays exactly
     E, H, B, L = cfg["E"], cfg["H"], cfg["B"], cfg["L"]
     S = L if kind == "self" else cfg["S"]
     ref = torch.nn.MultiheadAttention(E, H, bias=cfg["bias"], batch_first=True, dtype=torch.float64)
@@ -93,7 +94,9 @@ def test_multihead_attention_matches_torch(cfg, kind, average, use_masks):
 @st.composite
 def layer_configs(draw):
     H = draw(st.integers(1, 2))
-    return dict(E=H * draw(st.integers(2, 4)), H=H, F=draw(st.integers(2, 8)), B=draw(st.integers(1, 3)),
+    # d_model >= 3: a LayerNorm over 2 features outputs +-1 whatever its input, so the gradient through
+    # it is rounding noise and a relative comparison measures nothing (the op tests draw C >= 3 too).
+    return dict(E=H * draw(st.integers(3 if H == 1 else 2, 4)), H=H, F=draw(st.integers(2, 8)), B=draw(st.integers(1, 3)),
                 T=draw(st.integers(1, 5)), S=draw(st.integers(1, 5)), norm_first=draw(st.booleans()),
                 activation=draw(st.sampled_from(["relu", "gelu"])), bias=draw(st.booleans()),
                 seed=draw(st.integers(0, 2**31)))
@@ -106,6 +109,7 @@ def causal(T):
 @given(cfg=layer_configs())
 def test_encoder_layer_matches_torch(cfg):
     rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])  # torch's initial weights too, so an example replays exactly
     kw = dict(dim_feedforward=cfg["F"], dropout=0.0, activation=cfg["activation"], norm_first=cfg["norm_first"],
               bias=cfg["bias"])
     ref = torch.nn.TransformerEncoderLayer(cfg["E"], cfg["H"], batch_first=True, dtype=torch.float64, **kw)
@@ -126,6 +130,7 @@ def test_encoder_layer_matches_torch(cfg):
 @given(cfg=layer_configs())
 def test_decoder_layer_matches_torch(cfg):
     rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])  # torch's initial weights too, so an example replays exactly
     kw = dict(dim_feedforward=cfg["F"], dropout=0.0, activation=cfg["activation"], norm_first=cfg["norm_first"],
               bias=cfg["bias"])
     ref = torch.nn.TransformerDecoderLayer(cfg["E"], cfg["H"], batch_first=True, dtype=torch.float64, **kw)
@@ -149,6 +154,7 @@ def test_decoder_layer_matches_torch(cfg):
 @given(cfg=layer_configs(), n_enc=st.integers(1, 2), n_dec=st.integers(1, 2), float_mask=st.booleans())
 def test_transformer_matches_torch(cfg, n_enc, n_dec, float_mask):
     rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])  # torch's initial weights too, so an example replays exactly
     B, T, S, E = cfg["B"], cfg["T"], cfg["S"], cfg["E"]
     kw = dict(num_encoder_layers=n_enc, num_decoder_layers=n_dec, dim_feedforward=cfg["F"], dropout=0.0,
               activation=cfg["activation"], norm_first=cfg["norm_first"], bias=cfg["bias"])
