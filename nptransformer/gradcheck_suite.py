@@ -18,14 +18,10 @@ from .gradcheck import GradcheckReport, check_grad
 
 
 def _targets() -> Iterator[tuple[str, str, Any]]:
-    from . import nn  # noqa: F401  (importing registers the layer checks)
+    from . import models, nn  # noqa: F401  (importing registers the layer and model checks)
     from .functional import OPS
     from .nn.check_registry import MODULE_CHECKS
 
-    try:
-        from . import models  # noqa: F401
-    except ImportError:
-        pass
     for name, spec in OPS.items():
         yield name, "op", spec
     for name, build in MODULE_CHECKS.items():
