@@ -8,7 +8,9 @@ backward, AdamW update, zero_grad. The bench reports for it
   token for the weight GEMMs plus the attention products, recomputation by
   activation checkpointing not counted: model FLOPs, as in MFU);
 - MFU: that rate over the float32 GEMM rate measured in the same run, on
-  the same backend and threads (an n x n x n matmul timed between the steps);
+  the same backend and threads: the faster of BLAS's own threads on one
+  n x n x n matmul (timed before the race) and the same matmul split over
+  nptransformer's threads (timed between the steps);
 - peak memory: the high-water resident set (VmHWM) of a fresh process that
   builds the model and runs two steps, minus its resident set before the model
   existed: parameters, gradients, AdamW moments, activations and temporaries,
@@ -16,6 +18,11 @@ backward, AdamW update, zero_grad. The bench reports for it
   of ``tracemalloc`` (which sees NumPy's buffers) is printed beside it;
 - inference tokens/s with and without the KV cache
   (:func:`nptransformer.generation.benchmark_generation`).
+
+nptransformer runs with ``set_num_threads(threads)`` (:mod:`nptransformer.parallel`)
+and with freed memory kept for reuse (:mod:`nptransformer.memory`; process-wide,
+so PyTorch's steps get it too); ``--no-pool`` and ``--no-retain-memory``
+turn these off to measure what each brings.
 
 ``--compare-torch`` races the same model in PyTorch eager (see
 :mod:`nptransformer.bench_torch`) with the same weights, data and thread
@@ -37,7 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backend
+from . import backend, parallel
+from .memory import retain_freed_memory
 from .training import blas_threads
 
 
@@ -60,6 +68,8 @@ class BenchConfig:
     checkpoint_activations: bool = False
     compare_torch: bool = False
     threads: int | None = None
+    pool: bool = True
+    retain_memory: bool = True
     gemm_size: int = 2048
     profile: bool = False
     memory: bool = True
@@ -130,20 +140,31 @@ def blas_info() -> tuple[int, str]:
     return info["num_threads"], f"{info['internal_api']} {info.get('version') or ''} {kernel}".strip()
 
 
-def gemm_seconds(n: int, dtype: str) -> Callable[[], float]:
-    """A closure timing one (n, n) @ (n, n) product on the current backend; 2 n^3 FLOPs."""
+def gemm_seconds(n: int, dtype: str, product: Callable[[Any, Any], Any] = lambda a, b: a @ b) -> Callable[[], float]:
+    """A closure timing one (n, n) @ (n, n) ``product`` on the current backend; 2 n^3 FLOPs."""
     g = backend.Generator(1)
     a, b = g.normal((n, n), dtype=dtype), g.normal((n, n), dtype=dtype)
 
     def run() -> float:
         backend.synchronize()
         start = time.perf_counter()
-        a @ b
+        product(a, b)
         backend.synchronize()
         return time.perf_counter() - start
 
     run()  # warm up (BLAS threads, GPU kernels)
     return run
+
+
+def pool_threads(cfg: BenchConfig, threads: int) -> int:
+    """The thread count nptransformer's ops get: ``threads`` on NumPy with the pool on and threadpoolctl present, else 1."""
+    if not cfg.pool or cfg.backend != "numpy" or threads <= 1:
+        return 1
+    try:
+        import threadpoolctl  # noqa: F401  (the pool holds BLAS to one thread through it)
+    except ImportError:
+        return 1
+    return threads
 
 
 def _timed(step: Callable[[], Any]) -> float:
@@ -157,14 +178,19 @@ def _timed(step: Callable[[], Any]) -> float:
 # -- the run --------------------------------------------------------------------------------------
 def run(cfg: BenchConfig) -> dict:
     """Time the config's training step (and PyTorch's when asked); returns every number the report prints."""
+    retained = retain_freed_memory() if cfg.retain_memory else False
     with backend.use(cfg.backend), blas_threads(cfg.threads):
         threads, blas = blas_info()
         threads = cfg.threads or threads
+        pool = pool_threads(cfg, threads)
+        blas_gemm = gemm_seconds(cfg.gemm_size, cfg.dtype)  # BLAS's own threads, before the pool holds it to one
+        blas_peak = 2 * cfg.gemm_size**3 / float(np.median([blas_gemm() for _ in range(max(cfg.steps, 3))])) / 1e9
         model = build_model(cfg)
         idx, targets = batch(cfg)
         ours = training_step(model, idx, targets)
-        result: dict[str, Any] = {"config": asdict(cfg), "threads": threads, "blas": blas,
-                                  "numpy": np.__version__, "flops_per_step": flops_per_step(model, cfg)}
+        result: dict[str, Any] = {"config": asdict(cfg), "threads": threads, "pool_threads": pool, "blas": blas,
+                                  "retained_memory": retained, "numpy": np.__version__,
+                                  "flops_per_step": flops_per_step(model, cfg), "gemm_gflops_blas": blas_peak}
         racers = {"ours": ours}
         if cfg.compare_torch:
             import torch
@@ -177,27 +203,35 @@ def run(cfg: BenchConfig) -> dict:
             racers["torch"] = torch_training_step(twin, idx, targets)
             result["loss_torch"] = racers["torch"]()
             result["torch"] = torch.__version__
-        result["loss_ours"] = float(backend.to_numpy(ours()))  # the first step: the same weights as torch's
-        gemm = gemm_seconds(cfg.gemm_size, cfg.dtype)
-        times: dict[str, list[float]] = {name: [] for name in list(racers) + ["gemm"]}
-        for _ in range(max(cfg.warmup - 1, 0)):
-            for step in racers.values():
-                step()
-        for r in range(cfg.steps):
-            order = list(racers.items()) if r % 2 == 0 else list(reversed(racers.items()))
-            for name, step in order:
-                times[name].append(_timed(step))
-            times["gemm"].append(gemm())
-        result["gemm_gflops"] = 2 * cfg.gemm_size**3 / float(np.median(times.pop("gemm"))) / 1e9
-        result["seconds"] = {name: float(np.median(t)) for name, t in times.items()}
-        result["all_seconds"] = times
-        if cfg.profile:
-            result["profile"] = profile_ops(ours, cfg.steps)
-        if cfg.generation:
-            result["generation"] = _generation(model)
+        with parallel.num_threads(pool):
+            result["loss_ours"] = float(backend.to_numpy(ours()))  # the first step: the same weights as torch's
+            gemm = gemm_seconds(cfg.gemm_size, cfg.dtype, _split_product if pool > 1 else lambda a, b: a @ b)
+            times: dict[str, list[float]] = {name: [] for name in list(racers) + ["gemm"]}
+            for _ in range(max(cfg.warmup - 1, 0)):
+                for step in racers.values():
+                    step()
+            for r in range(cfg.steps):
+                order = list(racers.items()) if r % 2 == 0 else list(reversed(racers.items()))
+                for name, step in order:
+                    times[name].append(_timed(step))
+                times["gemm"].append(gemm())
+            result["gemm_gflops_split"] = 2 * cfg.gemm_size**3 / float(np.median(times.pop("gemm"))) / 1e9
+            result["gemm_gflops"] = max(result["gemm_gflops_split"], blas_peak)
+            result["seconds"] = {name: float(np.median(t)) for name, t in times.items()}
+            result["all_seconds"] = times
+            if cfg.profile:
+                result["profile"] = profile_ops(ours, cfg.steps)
+            if cfg.generation:
+                result["generation"] = _generation(model)
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
+
+
+def _split_product(a: Any, b: Any) -> Any:
+    from .functional._blocks import matmul
+
+    return matmul(a, b)
 
 
 def _generation(model: Any) -> dict:
@@ -241,7 +275,10 @@ def _memory_child(cfg_dict: dict, racer: str) -> dict:
     import tracemalloc
 
     cfg = BenchConfig(**cfg_dict)
+    if cfg.retain_memory:
+        retain_freed_memory()
     threads = cfg.threads or blas_info()[0]
+    pool = pool_threads(cfg, threads) if racer == "ours" else 1
     if racer == "torch":
         import torch
 
@@ -249,7 +286,7 @@ def _memory_child(cfg_dict: dict, racer: str) -> dict:
 
         torch.set_num_threads(threads)
     traced = racer == "ours" and cfg.backend != "cupy"
-    with backend.use(cfg.backend), blas_threads(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads), parallel.num_threads(pool):
         before = _rss_kib()
         if traced:
             tracemalloc.start()
@@ -351,10 +388,16 @@ def format_report(result: dict) -> str:
         + (" checkpoint_activations" if cfg.checkpoint_activations else ""),
         f"backend {cfg.backend}, numpy {result['numpy']}, BLAS {result['blas']}, {result['threads']} threads"
         + (f", torch {result['torch']}" if "torch" in result else ""),
+        f"nptransformer: set_num_threads({result['pool_threads']})"
+        + (" (BLAS held to 1 thread, GEMMs split by the pool)" if result["pool_threads"] > 1 else "")
+        + ("; freed memory retained (nptransformer.memory)" if result["retained_memory"] else
+           "; freed memory returned to the OS (malloc's defaults)"),
         f"training step = forward + cross-entropy + backward + AdamW; median of {cfg.steps} steps "
         f"after {cfg.warmup} warm-up",
         f"model FLOPs per step (GPT.flops_per_token x B x T): {result['flops_per_step'] / 1e9:.2f} GFLOP",
-        f"{cfg.dtype} GEMM peak ({cfg.gemm_size}^3 matmul, same run, same threads): {result['gemm_gflops']:.1f} GFLOP/s",
+        f"{cfg.dtype} GEMM peak ({cfg.gemm_size}^3 matmul, same run, {result['threads']} threads): "
+        f"{result['gemm_gflops']:.1f} GFLOP/s (BLAS's threads {result['gemm_gflops_blas']:.1f}, "
+        f"split by the pool {result['gemm_gflops_split']:.1f}; the faster counts)",
         "",
     ]
     names = [n for n in ("ours", "torch") if n in result["seconds"]]

@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", choices=["numpy", "strict", "cupy"], default="numpy")
     b.add_argument("--checkpoint-activations", action="store_true", help="recompute each block's forward in backward")
     b.add_argument("--compare-torch", action="store_true", help="race the same model in PyTorch eager, same threads")
-    b.add_argument("--threads", type=int, default=None, help="BLAS (and torch) threads (default: BLAS's own count)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads for nptransformer (set_num_threads), BLAS and torch (default: BLAS's own count)")
+    b.add_argument("--no-pool", dest="pool", action="store_false",
+                   help="keep nptransformer's ops on one thread (BLAS still uses --threads)")
+    b.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
+                   help="leave malloc's defaults (freed memory returned to the OS; see nptransformer.memory)")
     b.add_argument("--gemm-size", type=int, default=2048, help="n of the n^3 matmul that measures the GEMM peak")
     b.add_argument("--profile", action="store_true", help="also print the time per op")
     b.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")

@@ -38,3 +38,20 @@ def backend_name(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=[1, 2], ids=["serial", "pool"])
+def threads(request, monkeypatch):
+    """Run a test serially and with nptransformer's pool on two threads, splitting even the tiniest array.
+
+    MIN_ELEMENTS = 1 makes every op cut its work into slabs (the real
+    threshold leaves test-sized arrays whole), so the split code paths are
+    the ones under test. Needs threadpoolctl (the test extra has it).
+    """
+    from nptransformer import parallel
+
+    if request.param > 1:
+        pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+        monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1)
+    with parallel.num_threads(request.param):
+        yield request.param

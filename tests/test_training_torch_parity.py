@@ -43,7 +43,7 @@ def _torch_gpt(torch):
     return TorchGPT()
 
 
-def test_five_training_steps_match_pytorch_in_float64():
+def test_five_training_steps_match_pytorch_in_float64(threads):
     torch = pytest.importorskip("torch", reason="the training parity test needs torch")
     ours = GPT(V, T, L, H, C, dtype="float64", generator=Generator(0))
     ref = _torch_gpt(torch)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import erf, get_array_module
+from ..grad_mode import is_grad_enabled
 from ._blocks import rowwise
 from .registry import Case, register
 
@@ -56,31 +57,34 @@ def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, tuple]:
 
     ``approximate="none"``: Phi(x) = (1 + erf(x / sqrt 2)) / 2, exact.
     ``approximate="tanh"``: Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2,
-    the form GPT-2 was trained with. Saves x (the derivative is a function of x).
+    the form GPT-2 was trained with. Saves the slope gelu'(x) (same shape):
+    it shares its costly part (the erf or the tanh) with y, so computing it
+    here and not again in the backward saves that part. Under
+    :func:`~nptransformer.no_grad` only y is computed and nothing is saved.
     """
     _checks.check_float("x", x)
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
     flat = _flat(x)
-    if approximate == "tanh":
-        y = rowwise(_gelu_tanh, flat)
-    else:
-        y = rowwise(lambda v: 0.5 * v * (1.0 + erf(v * _SQRT_HALF)), flat)
-    y = _unflat(y, x)
-    return y, (x, approximate)
+    if not is_grad_enabled():
+        value = _gelu_tanh if approximate == "tanh" else _gelu_exact
+        return _unflat(rowwise(value, flat), x), (None,)
+    y, slope = rowwise(_gelu_tanh_and_slope if approximate == "tanh" else _gelu_exact_and_slope, flat)
+    return _unflat(y, x), (_unflat(slope, x),)
 
 
 def gelu_backward(dy: Any, ctx: tuple) -> Any:
-    """dx = dy * gelu'(x).
+    """dx = dy * gelu'(x), the slope the forward saved:
 
     exact: gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
     tanh:  gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),
            t = tanh(sqrt(2/pi) (x + 0.044715 x^3)).
     Derivation: docs/ops/activations.md.
     """
-    x, approximate = ctx
-    grad = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
-    return _unflat(rowwise(grad, _flat(dy), _flat(x)), x)
+    (slope,) = ctx
+    if slope is None:
+        raise RuntimeError("gelu_backward: the forward ran under no_grad and saved nothing to differentiate")
+    return _unflat(rowwise(lambda d, s: d * s, _flat(dy), _flat(slope)), slope)
 
 
 def _flat(a: Any) -> Any:
@@ -100,8 +104,8 @@ def _tanh_of_u(x: Any, x2: Any) -> Any:
 
 
 # The GELU bodies below work on one block of a flattened array (see _blocks.rowwise)
-# and update their own temporaries in place: 8 passes forward, 15 backward, against
-# 9 and 21 for the textbook expressions.
+# and update their own temporaries in place: 16 passes for y and the slope together,
+# against 9 + 21 for the textbook expressions of y and of the backward.
 def _gelu_tanh(x: Any) -> Any:
     t = _tanh_of_u(x, x * x)
     t += 1.0
@@ -110,7 +114,7 @@ def _gelu_tanh(x: Any) -> Any:
     return t
 
 
-def _gelu_tanh_grad(dy: Any, x: Any) -> Any:
+def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
     # gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) du/dx, and 1 - t^2 = (1 - t)(1 + t), so
     # gelu'(x) = (1 + t)/2 * (1 + x du/dx (1 - t)),  du/dx = c (1 + 3 a x^2).
     x2 = x * x
@@ -123,15 +127,23 @@ def _gelu_tanh_grad(dy: Any, x: Any) -> Any:
     t += 1.0
     slope *= t
     slope *= 0.5
-    slope *= dy
-    return slope
+    t *= x
+    t *= 0.5  # y = x (1 + t) / 2
+    return t, slope
 
 
-def _gelu_exact_grad(dy: Any, x: Any) -> Any:
+def _gelu_exact(x: Any) -> Any:
+    return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
+
+
+def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
     xp = get_array_module(x)
     cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
-    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-    return dy * (cdf + x * pdf)
+    slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
+    slope *= x
+    slope += cdf  # Phi(x) + x phi(x)
+    cdf *= x  # y = x Phi(x)
+    return cdf, slope
 
 
 def _relu_example(rng: Any) -> Case:

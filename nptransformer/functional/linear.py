@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
+from ._blocks import matmul
 from .registry import Case, register
 
 
@@ -41,15 +42,8 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
     xp = get_array_module(x, weight, bias)
     # One (N, C_in) @ (C_in, C_out) GEMM over all leading axes folded together: a stacked
     # (B, T, C_in) @ (C_in, C_out) would be B smaller GEMMs.
-    y = _rows(x) @ xp.matrix_transpose(weight)
-    if bias is not None:
-        y += bias
+    y = matmul(xp.reshape(x, (-1, x.shape[-1])), xp.matrix_transpose(weight), bias)
     return xp.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],)), (x, weight, bias is not None)
-
-
-def _rows(a: Any) -> Any:
-    """(..., C) -> (N, C), a view when a is contiguous; 1-D stays 1-D (a vector times a matrix)."""
-    return get_array_module(a).reshape(a, (-1, a.shape[-1])) if a.ndim > 2 else a
 
 
 def linear_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
@@ -63,8 +57,8 @@ def linear_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     c_out, c_in = weight.shape
     dy2 = xp.reshape(dy, (-1, c_out))  # fold batch axes: (N, C_out)
     x2 = xp.reshape(x, (-1, c_in))
-    dx = xp.reshape(dy2 @ weight, tuple(x.shape))  # forward: y = x W^T, so dx = dy W
-    dweight = xp.matrix_transpose(dy2) @ x2  # (C_out, N) @ (N, C_in)
+    dx = xp.reshape(matmul(dy2, weight), tuple(x.shape))  # forward: y = x W^T, so dx = dy W
+    dweight = matmul(xp.matrix_transpose(dy2), x2)  # (C_out, N) @ (N, C_in)
     dbias = xp.sum(dy2, axis=0) if has_bias else None
     return dx, dweight, dbias
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import arange, dtype_of, get_array_module
-from ._blocks import over_last_axis
+from ._blocks import over_last_axis, row_sums
 from .registry import Case, register
 from .softmax import normalized_exp
 
@@ -110,7 +110,7 @@ def _token_losses(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]
     z, log_s, probs = normalized_exp(logits, axis=-1)
     nll = log_s - xp.take_along_axis(z, target, axis=-1)
     if smoothing:
-        nll = (1 - smoothing) * nll + smoothing * (log_s - xp.mean(z, axis=-1, keepdims=True))
+        nll = (1 - smoothing) * nll + smoothing * (log_s - row_sums(z) / z.shape[-1])
     return probs, nll
 
 

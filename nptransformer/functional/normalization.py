@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
-from ._blocks import over_last_axis
+from ._blocks import column_sums, over_last_axis, row_sums
 from .registry import Case, register
 
 
@@ -38,12 +38,6 @@ def _check_inputs(x: Any, weight: Any, bias: Any, eps: Any) -> None:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
 
 
-def _sum_leading(a: Any) -> Any:
-    """Sum (..., C) over every axis but the last: a parameter's gradient. Shapes: -> (C,)."""
-    xp = get_array_module(a)
-    return xp.sum(xp.reshape(a, (-1, a.shape[-1])), axis=0)
-
-
 def layer_norm_forward(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> tuple[Any, tuple]:
     """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias over the last axis.
 
@@ -59,12 +53,15 @@ def layer_norm_forward(x: Any, weight: Any = None, bias: Any = None, eps: float 
 
 def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
     xp = get_array_module(x)
-    xc = x - xp.mean(x, axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    n = x.shape[-1]
+    xc = x - row_sums(x) / n
+    rstd = 1.0 / xp.sqrt(row_sums(xc * xc) / n + eps)  # (..., 1)
     xc *= rstd  # now xhat
-    y = xc if weight is None else xc * weight
+    if weight is None:
+        return (xc if bias is None else xc + bias), xc, rstd
+    y = xc * weight
     if bias is not None:
-        y = y + bias
+        y += bias
     return y, xc, rstd
 
 
@@ -77,16 +74,16 @@ def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     """
     xhat, rstd, weight, has_bias = ctx
     dx = over_last_axis(lambda d, xh, r: _layer_norm_grad_rows(d, xh, r, weight), dy, xhat, rstd)
-    dweight = None if weight is None else _sum_leading(dy * xhat)
-    dbias = _sum_leading(dy) if has_bias else None
+    dweight = None if weight is None else column_sums(dy * xhat)
+    dbias = column_sums(dy) if has_bias else None
     return dx, dweight, dbias
 
 
 def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
-    xp = get_array_module(dy)
+    n = dy.shape[-1]
     g = dy if weight is None else dy * weight  # forward: y = xhat * weight
-    mean_g = xp.mean(g, axis=-1, keepdims=True)  # undoes the centring x - mean(x)
-    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # undoes the division by the std
+    mean_g = row_sums(g) / n  # undoes the centring x - mean(x)
+    mean_gx = row_sums(g * xhat) / n  # undoes the division by the std
     dx = g - mean_g  # a fresh array even when g is dy
     dx -= xhat * mean_gx
     dx *= rstd
@@ -104,7 +101,7 @@ def rms_norm_forward(x: Any, weight: Any = None, eps: float | None = None) -> tu
     xp = get_array_module(x, weight)
     if eps is None:
         eps = float(xp.finfo(x.dtype).eps)
-    rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(row_sums(x * x) / x.shape[-1] + eps)  # (..., 1)
     xhat = x * rstd
     y = xhat if weight is None else xhat * weight
     return y, (xhat, rstd, weight)
@@ -117,10 +114,9 @@ def rms_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any]:
     Derivation: docs/ops/normalization.md.
     """
     xhat, rstd, weight = ctx
-    xp = get_array_module(dy)
     g = dy if weight is None else dy * weight
-    dx = rstd * (g - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
-    dweight = None if weight is None else _sum_leading(dy * xhat)
+    dx = rstd * (g - xhat * (row_sums(g * xhat) / g.shape[-1]))
+    dweight = None if weight is None else column_sums(dy * xhat)
     return dx, dweight
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
-from ._blocks import over_last_axis
+from ._blocks import over_last_axis, row_sums
 from .registry import Case, register
 
 
@@ -41,6 +41,13 @@ def _along(fn: Any, axis: int, *arrays: Any) -> Any:
     return fn(*arrays, axis)
 
 
+def _sums(x: Any, axis: int) -> Any:
+    """Sums along ``axis``, keepdims; the last axis (every call from _along) as a matrix-vector product."""
+    if axis in (-1, x.ndim - 1):
+        return row_sums(x)
+    return get_array_module(x).sum(x, axis=axis, keepdims=True)
+
+
 def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
     """(z, log_s, p) for the rows of x along ``axis``: z = x - max(x), s = sum(exp(z)),
     log_s = log(s) (keepdims), p = exp(z) / s = softmax(x). A row of -inf gives p = 0 and log_s = 0.
@@ -50,7 +57,7 @@ def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
     xp = get_array_module(x)
     z = _shifted(x, axis)
     p = xp.exp(z)
-    s = xp.sum(p, axis=axis, keepdims=True)
+    s = _sums(p, axis)
     s = xp.where(s > 0, s, 1.0)
     p /= s
     return z, xp.log(s), p
@@ -68,9 +75,8 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
 
 
 def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
-    xp = get_array_module(dy)
     g = dy * y
-    g -= y * xp.sum(g, axis=axis, keepdims=True)  # y dy - y sum(dy y) = y (dy - sum(dy y))
+    g -= y * _sums(g, axis)  # y dy - y sum(dy y) = y (dy - sum(dy y))
     return g
 
 
@@ -102,7 +108,7 @@ def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
 def log_softmax_backward(dy: Any, ctx: tuple) -> Any:
     """dx = dy - softmax(x) * sum(dy) along the axis. Derivation: docs/ops/softmax.md."""
     p, axis = ctx
-    return _along(lambda g, q, ax: g - q * get_array_module(g).sum(g, axis=ax, keepdims=True), axis, dy, p)
+    return _along(lambda g, q, ax: g - q * _sums(g, ax), axis, dy, p)
 
 
 def _example(rng: Any) -> Case:

@@ -19,7 +19,7 @@ import math
 import numbers
 from typing import Any, Callable, Iterable
 
-from .. import backend
+from .. import backend, parallel
 from .._checks import FLOAT_DTYPES, check_probability
 from ..backend import dtype_name
 from ..nn.module import Module, Parameter
@@ -147,6 +147,7 @@ class Optimizer:
 
         Parameters whose ``grad`` is None are skipped and their state is left as is.
         """
+        updates = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -156,7 +157,12 @@ class Optimizer:
                         f"param_groups[{gi}]['params'][{pi}].grad has shape {tuple(p.grad.shape)} and dtype "
                         f"{dtype_name(p.grad.dtype)}; expected the parameter's {p.shape} and {dtype_name(p.dtype)}"
                     )
-                self._update(p, group, self.state.setdefault(p, {}))
+                updates.append((p, group, self.state.setdefault(p, {})))
+        # Parameters update independently, so with set_num_threads(n) each thread takes a run of
+        # them holding about 1/n of the elements.
+        on_numpy = bool(updates) and backend.backend_of(updates[0][0].data) == "numpy"
+        runs = parallel.balanced([p.size for p, _, _ in updates]) if on_numpy else [(0, len(updates))]
+        parallel.run(lambda lo, hi: [self._update(*u) for u in updates[lo:hi]], runs)
 
     def zero_grad(self) -> None:
         """Set every parameter's ``grad`` to None (the next backward starts a fresh sum)."""

@@ -1,0 +1,157 @@
+"""The intra-op pool (nptransformer.parallel) and the splits it drives, checked against plain NumPy and finite differences."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nptransformer as npt
+from nptransformer import parallel
+from nptransformer.functional import _blocks
+from nptransformer.gradcheck_suite import _targets, check_target
+
+threadpoolctl = pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["pool"])
+@pytest.mark.parametrize("name,kind,target", list(_targets()), ids=[t[0] for t in _targets()])
+def test_every_op_layer_and_model_passes_the_gradient_check_with_every_array_split(name, kind, target, threads):
+    # With 2 threads and MIN_ELEMENTS = 1 every GEMM, elementwise chain, attention
+    # product and optimizer step is cut into slabs (the serial run is test_ops_gradcheck's).
+    report = check_target(kind, target)
+    assert report.passed and report.max_rel < 1e-6, report.table()
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 16), (8, 16, 64), (8, 64, 16)], ids=["rows", "columns", "inner"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_split_matmul_equals_one_product(shape, bias, threads, rng):
+    m, k, n = shape
+    a, b, c = rng.normal(size=(m, k)), rng.normal(size=(k, n)), rng.normal(size=n)
+    expected = a @ b + (c if bias else 0.0)
+    got = _blocks.matmul(a, b, c if bias else None)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_split_matmul_reads_transposed_views(threads, rng):
+    dy, x = rng.normal(size=(40, 6)), rng.normal(size=(40, 5))  # a weight gradient: dy^T x, K = 40 is the long side
+    np.testing.assert_allclose(_blocks.matmul(dy.T, x), np.einsum("ki,kj->ij", dy, x), rtol=1e-12, atol=1e-12)
+
+
+def test_split_stacked_matmul_equals_numpy(threads, rng):
+    a, b = rng.normal(size=(5, 3, 16, 8)), rng.normal(size=(5, 3, 8, 16))
+    np.testing.assert_allclose(_blocks.stacked_matmul(a, b), np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    shared = rng.normal(size=(8, 16))  # b broadcast over the stack
+    np.testing.assert_allclose(_blocks.stacked_matmul(a, shared), np.matmul(a, shared), rtol=1e-12, atol=1e-12)
+
+
+def test_split_rowwise_equals_the_expression_on_the_whole_array(threads, monkeypatch, rng):
+    monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 8)  # slabs of several blocks each
+    monkeypatch.setattr(_blocks, "WHOLE_ELEMENTS", 8)
+    x = rng.normal(size=(37, 5))
+    y, s = _blocks.rowwise(lambda r: (np.tanh(r), r.sum(axis=-1, keepdims=True)), x)
+    np.testing.assert_array_equal(y, np.tanh(x))
+    np.testing.assert_allclose(s, x.sum(axis=-1, keepdims=True), rtol=1e-14)
+
+
+def test_row_and_column_sums_match_numpy(threads, rng):
+    x = rng.normal(size=(6, 7, 9))
+    np.testing.assert_allclose(_blocks.row_sums(x), x.sum(axis=-1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(_blocks.column_sums(x), x.sum(axis=(0, 1)), rtol=1e-12)
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=0, max_size=40), st.integers(1, 4))
+def test_balanced_runs_cover_the_items_in_order_and_share_the_total(sizes, n):
+    with parallel.num_threads(n):
+        runs = parallel.balanced(sizes)
+    assert runs[0][0] == 0 and runs[-1][1] == len(sizes)
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))  # contiguous, in order
+    assert len(runs) <= n
+    total = sum(sizes)
+    if len(runs) > 1:  # each run ends at the first item to cross its share, so it is at most a share plus one item
+        share = total / len(runs)
+        assert all(sum(sizes[lo:hi]) <= share + max(sizes[lo:hi]) for lo, hi in runs)
+
+
+@given(st.integers(0, 5000), st.integers(1, 4))
+def test_slabs_cut_rows_into_nearly_equal_parts(length, n):
+    with parallel.num_threads(n):
+        parts = parallel.slabs(length, length * 100)
+    sizes = [hi - lo for lo, hi in parts]
+    assert sum(sizes) == length and parts[0][0] == 0
+    assert max(sizes) - min(sizes) <= 1
+    assert len(parts) == (max(1, min(n, length, length * 100 // parallel.MIN_ELEMENTS)))
+
+
+def test_a_worker_error_reaches_the_caller_and_the_pool_still_works():
+    def fail_in_second_slab(lo, hi):
+        if lo > 0:
+            raise ValueError(f"slab {lo}:{hi}")
+
+    with parallel.num_threads(2):
+        with pytest.raises(ValueError, match="slab 5:10"):
+            parallel.run(fail_in_second_slab, [(0, 5), (5, 10)])
+        seen = []
+        parallel.run(lambda lo, hi: seen.append((lo, hi)), [(0, 5), (5, 10)])
+        assert sorted(seen) == [(0, 5), (5, 10)]
+
+
+def test_num_threads_restores_the_count_and_blas_threads():
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert npt.get_num_threads() == 1
+    with npt.num_threads(2):
+        assert npt.get_num_threads() == 2
+        assert all(n == 1 for n in blas_threads())  # BLAS held to one thread while the pool runs
+    assert npt.get_num_threads() == 1 and blas_threads() == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_set_num_threads_rejects_what_is_not_a_positive_int(bad):
+    with pytest.raises((TypeError, ValueError), match="n"):
+        npt.set_num_threads(bad)
+    assert npt.get_num_threads() == 1
+
+
+def test_set_num_threads_without_threadpoolctl_says_what_to_install():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["threadpoolctl"] = None  # as if it were not installed
+        import nptransformer as npt
+        try:
+            npt.set_num_threads(2)
+        except ImportError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "threadpoolctl" in out and "nptransformer[threads]" in out
+
+
+def test_retaining_freed_memory_stops_the_page_faults_of_repeated_allocations():
+    # Like a training step: 20 arrays of 4 MiB allocated (the activations), then all freed (the
+    # backward). With malloc's defaults the freed top of the heap goes back to the OS and the next
+    # rounds fault their pages in again (up to 20,480 faults a round); with the memory kept, only the
+    # first round does.
+    code = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from nptransformer.memory import retain_freed_memory
+        if sys.argv[1] == "retain":
+            assert retain_freed_memory()
+        x = np.ones(1 << 20, dtype=np.float32)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            arrays = [x * 2.0 for _ in range(20)]
+            del arrays
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's; elsewhere retain_freed_memory does nothing")
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "retain")}
+    assert faults["default"] > 3 * 20 * 1024 and faults["retain"] < 2 * 20 * 1024, faults
