@@ -27,8 +27,8 @@ nothing here runs, and the ops are exactly what they were.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
@@ -38,54 +38,98 @@ from . import _checks
 MIN_ELEMENTS = 1 << 15
 
 
+class _Part:
+    """One slab of a split, run by whichever thread claims it first: a worker, or the caller."""
+
+    __slots__ = ("_fn", "_args", "_claimed", "_done", "_error")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple):
+        self._fn, self._args = fn, args
+        self._claimed = False
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        with _claims:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def execute(self) -> None:
+        try:
+            self._fn(*self._args)
+        except BaseException as error:  # re-raised by the caller in wait()
+            self._error = error
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        """Run the part here if no worker has claimed it, else wait for the worker; raise its error."""
+        if self.claim():
+            self.execute()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+_claims = threading.Lock()  # who runs a part is decided under this lock
+
+
 class _Pool:
-    """n - 1 daemon workers, each with its own task queue; the caller computes part 0."""
+    """n - 1 daemon workers taking parts from one queue.
+
+    The caller never waits for a part that no worker has started: it runs
+    such parts itself. A worker that is slow to wake (a busy machine) then
+    costs nothing, where a pool that waits for its workers would wait for
+    the scheduler.
+    """
 
     def __init__(self, n: int):
         self.size = n
-        self._lock = threading.Lock()  # one split at a time; a second caller runs its parts itself
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._tasks = [queue.SimpleQueue() for _ in range(n - 1)]
-        self._threads = [threading.Thread(target=self._work, args=(q,), daemon=True, name=f"nptransformer-{i + 1}")
-                         for i, q in enumerate(self._tasks)]
+        self._ready = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self._closing = False
+        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"nptransformer-{i + 1}")
+                         for i in range(n - 1)]
         for t in self._threads:
             t.start()
 
-    def _work(self, tasks: queue.SimpleQueue) -> None:
+    def _work(self) -> None:
         _local.in_worker = True
-        while (task := tasks.get()) is not None:
-            fn, args = task
-            try:
-                fn(*args)
-                self._done.put(None)
-            except BaseException as error:  # handed to the caller, which raises it
-                self._done.put(error)
+        while True:
+            with self._ready:
+                while not (self._queue or self._closing):
+                    self._ready.wait()
+                if not self._queue:
+                    return  # closing, and nothing left
+                part = self._queue.popleft()
+            if part.claim():
+                part.execute()
 
     def run(self, fn: Callable[..., Any], parts: Sequence[tuple]) -> None:
-        """fn(*parts[i]) for every i, parts[1:] on the workers, parts[0] here; the first error is raised."""
-        if getattr(_local, "in_worker", False) or not self._lock.acquire(blocking=False):
-            for args in parts:  # called from a worker, or another thread holds the pool
-                fn(*args)
-            return
+        """fn(*parts[i]) for every i: parts[1:] offered to the workers, parts[0] here; the first error is raised."""
+        offered = [_Part(fn, args) for args in parts[1:]]
+        with self._ready:
+            self._queue.extend(offered)
+            self._ready.notify(len(offered))
+        error: BaseException | None = None
         try:
-            for q, args in zip(self._tasks, parts[1:]):
-                q.put((fn, args))
-            error: BaseException | None = None
+            fn(*parts[0])
+        except BaseException as e:
+            error = e
+        for part in offered:  # run what no worker took; wait for the rest (they write into shared outputs)
             try:
-                fn(*parts[0])
+                part.wait()
             except BaseException as e:
-                error = e
-            for _ in parts[1:]:  # wait for every worker even after an error: they write into shared outputs
-                result = self._done.get()
-                error = error or result
-        finally:
-            self._lock.release()
+                error = error or e
         if error is not None:
             raise error
 
     def close(self) -> None:
-        for q in self._tasks:
-            q.put(None)
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
         for t in self._threads:
             t.join()
 
@@ -170,7 +214,7 @@ def balanced(sizes: Sequence[int]) -> list[tuple[int, int]]:
 
 def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> None:
     """``fn(start, stop)`` for each slab of ``parts`` (from :func:`slabs`), in parallel when there are several."""
-    if len(parts) == 1 or _pool is None:
+    if len(parts) == 1 or _pool is None or getattr(_local, "in_worker", False):
         for start, stop in parts:
             fn(start, stop)
     else:
