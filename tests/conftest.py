@@ -55,3 +55,17 @@ def threads(request, monkeypatch):
         monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1)
     with parallel.num_threads(request.param):
         yield request.param
+
+
+@pytest.fixture(params=["whole", "blocked"])
+def causal_blocks(request, monkeypatch):
+    """Run a test with causal attention as one block and cut into query blocks of one row.
+
+    Blocks start at 2 * CAUSAL_BLOCK queries (256 by default); CAUSAL_BLOCK = 1
+    reaches the blocked code with the few queries a test uses.
+    """
+    from nptransformer.functional import attention
+
+    if request.param == "blocked":
+        monkeypatch.setattr(attention, "CAUSAL_BLOCK", 1)
+    return request.param

@@ -88,12 +88,12 @@ def test_additive_mask_matches_torch(backend_name, rng):
 
 
 @pytest.mark.parametrize("tq, tk", [(4, 4), (3, 5), (5, 3)])
-def test_causal_matches_torch_top_left_aligned(backend_name, rng, tq, tk):
+def test_causal_matches_torch_top_left_aligned(backend_name, rng, tq, tk, causal_blocks):
     q, k, v, dout = _qkv(rng, tq=tq, tk=tk)
     _assert_all_close(_attention(q, k, v, dout=dout, is_causal=True), _torch_attention(q, k, v, dout, is_causal=True))
 
 
-def test_causal_and_bool_mask_combine(backend_name, rng):
+def test_causal_and_bool_mask_combine(backend_name, rng, causal_blocks):
     # torch refuses is_causal together with attn_mask; we apply both, which equals
     # torch with the union of the two masks.
     q, k, v, dout = _qkv(rng, tq=5, tk=5)
@@ -104,7 +104,7 @@ def test_causal_and_bool_mask_combine(backend_name, rng):
     _assert_all_close(ours, _torch_attention(q, k, v, dout, allowed=~(mask | causal)))
 
 
-def test_causal_and_additive_mask_combine(backend_name, rng):
+def test_causal_and_additive_mask_combine(backend_name, rng, causal_blocks):
     q, k, v, dout = _qkv(rng, tq=4, tk=4)
     mask = rng.normal(size=(4, 4))
     causal = np.triu(np.ones((4, 4), dtype=bool), k=1)
@@ -365,3 +365,14 @@ def test_rope_backward_is_the_transpose_and_the_inverse(backend_name, rng):
 def test_positional_rejects_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_blocked_causal_probs_are_the_full_matrix_with_zeros_above_the_diagonal(rng, causal_blocks):
+    q, k, v, _ = _qkv(rng, tq=5, tk=5)
+    _, ctx = _attention(q, k, v, is_causal=True)
+    probs = backend.to_numpy(ctx.probs)
+    assert len(ctx.blocks) == (5 if causal_blocks == "blocked" else 1)
+    s = np.einsum("bhqd,bhkd->bhqk", q, k) / 2.0
+    s[..., np.triu(np.ones((5, 5), dtype=bool), k=1)] = -np.inf
+    expected = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), rtol=1e-12, atol=1e-15)
