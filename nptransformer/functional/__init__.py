@@ -9,6 +9,7 @@ from .attention import AttentionBlock, AttentionContext, scaled_dot_product_atte
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
 from .linear import add_backward, add_forward, linear_backward, linear_forward, matmul_backward, matmul_forward
+from .linear_activation import linear_activation_backward, linear_activation_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
 from .normalization import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positional import rope_backward, rope_forward, sinusoidal_backward, sinusoidal_forward, sinusoidal_table

@@ -37,7 +37,7 @@ BLOCK_ELEMENTS = 1 << 16
 WHOLE_ELEMENTS = 1 << 20
 
 
-def rowwise(fn: Callable[..., Any], *arrays: Any) -> Any:
+def rowwise(fn: Callable[..., Any], *arrays: Any, width: int = 0) -> Any:
     """``fn(*arrays)``, computed on blocks of leading-axis rows and stitched back together.
 
     Every array in ``arrays`` must have the same leading length R; ``fn``
@@ -45,10 +45,12 @@ def rowwise(fn: Callable[..., Any], *arrays: Any) -> Any:
     of its inputs and whose row r depends only on row r of the inputs.
     Arguments that broadcast (a (C,) weight) belong in ``fn``'s closure.
     With :func:`nptransformer.set_num_threads` above 1, the rows are first cut
-    into one slab per thread and the slabs computed at once.
+    into one slab per thread and the slabs computed at once. ``width``: the
+    elements per row of fn's widest output when it is wider than the inputs
+    (a product that widens the rows); blocks are sized by the widest rows.
     """
     R = arrays[0].shape[0]
-    row_elements = max(math.prod(a.shape[1:]) for a in arrays) or 1
+    row_elements = max([math.prod(a.shape[1:]) for a in arrays] + [width]) or 1
     name = backend_of(arrays[0])
     parts = parallel.slabs(R, R * row_elements) if name == "numpy" else [(0, R)]
     slab_elements = -(-R // len(parts)) * row_elements

@@ -38,9 +38,8 @@ def relu_forward(x: Any) -> tuple[Any, tuple]:
     updates y in place (``y += residual``).
     """
     _checks.check_float("x", x)
-    xp = get_array_module(x)
-    mask = x > 0
-    return xp.where(mask, x, 0.0), (mask,)
+    y, mask = _relu_and_mask(x)
+    return y, (mask,)
 
 
 def relu_backward(dy: Any, ctx: tuple) -> Any:
@@ -48,8 +47,7 @@ def relu_backward(dy: Any, ctx: tuple) -> Any:
 
     Derivation: docs/ops/activations.md."""
     (mask,) = ctx
-    xp = get_array_module(dy)
-    return xp.where(mask, dy, 0.0)
+    return _relu_grad(dy, mask)
 
 
 def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, tuple]:
@@ -84,7 +82,7 @@ def gelu_backward(dy: Any, ctx: tuple) -> Any:
     (slope,) = ctx
     if slope is None:
         raise RuntimeError("gelu_backward: the forward ran under no_grad and saved nothing to differentiate")
-    return _unflat(rowwise(lambda d, s: d * s, _flat(dy), _flat(slope)), slope)
+    return _unflat(rowwise(_times, _flat(dy), _flat(slope)), slope)
 
 
 def _flat(a: Any) -> Any:
@@ -144,6 +142,33 @@ def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
     slope += cdf  # Phi(x) + x phi(x)
     cdf *= x  # y = x Phi(x)
     return cdf, slope
+
+
+def _relu_and_mask(x: Any) -> tuple[Any, Any]:
+    mask = x > 0
+    return get_array_module(x).where(mask, x, 0.0), mask
+
+
+def _relu_grad(dy: Any, mask: Any) -> Any:
+    return get_array_module(dy).where(mask, dy, 0.0)
+
+
+def _times(dy: Any, slope: Any) -> Any:
+    return dy * slope
+
+
+def _relu(x: Any) -> Any:
+    return _relu_and_mask(x)[0]
+
+
+#: The activations as block functions for ops that apply them to blocks of rows of their own
+#: (functional.linear_activation): name -> (value(x), value_and_saved(x) -> (y, saved),
+#: grad(dy, saved) -> dx). What is saved is what the ops above save: ReLU's mask, GELU's slope.
+BLOCKS = {
+    "relu": (_relu, _relu_and_mask, _relu_grad),
+    "gelu": (_gelu_exact, _gelu_exact_and_slope, _times),
+    "gelu_tanh": (_gelu_tanh, _gelu_tanh_and_slope, _times),
+}
 
 
 def _relu_example(rng: Any) -> Case:

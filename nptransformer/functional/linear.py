@@ -29,6 +29,16 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
     Shapes: x (..., C_in), weight (C_out, C_in) (PyTorch's layout), bias
     (C_out,) or None -> y (..., C_out). Saves x and weight.
     """
+    check_linear_inputs(x, weight, bias)
+    xp = get_array_module(x, weight, bias)
+    # One (N, C_in) @ (C_in, C_out) GEMM over all leading axes folded together: a stacked
+    # (B, T, C_in) @ (C_in, C_out) would be B smaller GEMMs.
+    y = matmul(xp.reshape(x, (-1, x.shape[-1])), xp.matrix_transpose(weight), bias)
+    return xp.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],)), (x, weight, bias is not None)
+
+
+def check_linear_inputs(x: Any, weight: Any, bias: Any) -> None:
+    """The checks of :func:`linear_forward`: float arrays of one dtype, weight (C_out, C_in), x (..., C_in), bias (C_out,)."""
     _checks.check_float("x", x)
     _checks.check_float("weight", weight)
     _checks.check_ndim("weight", weight, (2,))
@@ -39,11 +49,6 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    xp = get_array_module(x, weight, bias)
-    # One (N, C_in) @ (C_in, C_out) GEMM over all leading axes folded together: a stacked
-    # (B, T, C_in) @ (C_in, C_out) would be B smaller GEMMs.
-    y = matmul(xp.reshape(x, (-1, x.shape[-1])), xp.matrix_transpose(weight), bias)
-    return xp.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],)), (x, weight, bias is not None)
 
 
 def linear_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks
-from .activation import make_activation
+from ..functional.linear_activation import linear_activation_backward, linear_activation_forward
+from .activation import GELU, ReLU, make_activation
 from .attention import MultiheadAttention
 from .dropout import Dropout
 from .linear import Linear
@@ -81,12 +82,37 @@ class _Sublayers(Module):
     def _self_attention_backward(self, d: Any) -> Any:
         return _sum(*self.self_attn.backward(self.dropout1.backward(d)))  # q, k, v were one array: add
 
+    def _fused_activation(self) -> str | None:
+        """The name linear_activation knows the activation by, when linear1 and it are the library's own modules."""
+        if type(self.linear1) is not Linear:
+            return None
+        if type(self.activation) is ReLU:
+            return "relu"
+        if type(self.activation) is GELU:
+            return "gelu_tanh" if self.activation.approximate == "tanh" else "gelu"
+        return None
+
     def _feed_forward(self, x: Any, out_dropout: Module) -> Any:
-        return out_dropout(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        fused = self._fused_activation()
+        if fused is None:
+            h = self.activation(self.linear1(x))
+        else:
+            # linear1 and the activation as one op, so the (B, T, dim_feedforward) pre-activation
+            # is never stored (functional/linear_activation.py); the math is the same.
+            bias = self.linear1.bias.data if self.linear1.bias is not None else None
+            h, ctx = linear_activation_forward(x, self.linear1.weight.data, bias, fused)
+            self.save_for_backward(ctx)
+        return out_dropout(self.linear2(self.dropout(h)))
 
     def _feed_forward_backward(self, d: Any, out_dropout: Module) -> Any:
         d = self.dropout.backward(self.linear2.backward(out_dropout.backward(d)))
-        return self.linear1.backward(self.activation.backward(d))
+        if self._fused_activation() is None:
+            return self.linear1.backward(self.activation.backward(d))
+        dx, dweight, dbias = linear_activation_backward(d, self.saved())
+        self.linear1.weight.accumulate(dweight)
+        if self.linear1.bias is not None:
+            self.linear1.bias.accumulate(dbias)
+        return dx
 
 
 class TransformerEncoderLayer(_Sublayers):
