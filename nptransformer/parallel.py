@@ -1,17 +1,20 @@
 """Intra-op threads: one op's work split over the CPU's cores.
 
 NumPy runs each elementwise operator and reduction on one core; only its
-BLAS uses more. On a 2-core machine that left half of a training step (GELU,
-softmax, layer norm, the optimizer, attention's small products) on one core
-while the other idled (docs/performance.md). ``set_num_threads(n)`` starts
-n - 1 worker threads; the ops then cut their large arrays into n slabs of
-rows and compute the slabs at once, the calling thread taking the first.
-NumPy releases the GIL inside every operator and BLAS call, so the slabs
-really run in parallel.
+BLAS uses more. ``set_num_threads(n)`` starts n - 1 worker threads; the ops
+then cut their large arrays into n slabs (of rows, of a product's rows,
+columns or inner axis, of the attention's batch, of the optimizer's
+parameters) and compute the slabs at once, the calling thread taking the
+first and any that no worker has started yet. NumPy releases the GIL inside
+every operator and BLAS call, so the slabs run in parallel; what they gain
+is measured in docs/performance.md. Products gain the most (a BLAS call
+holds the GIL for microseconds and runs for milliseconds); short
+elementwise operators gain the least, as the two threads wait on the GIL
+between operators and share one memory bus.
 
 While the pool runs, BLAS is held to one thread (through ``threadpoolctl``,
 the ``threads`` extra) and the GEMMs are split by the same pool, for two
-reasons measured on that machine: a second BLAS thread spin-waits after
+reasons measured on a 2-core machine: a second BLAS thread spin-waits after
 each product, taking the core the pool's worker needs (a GELU split over
 two threads took longer than on one), and every thread calling a
 multithreaded BLAS would ask for n x n threads.

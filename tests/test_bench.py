@@ -6,8 +6,9 @@ import pytest
 from nptransformer import bench
 from nptransformer.__main__ import main
 
+# retain_memory=False: mallopt is process-wide, and the rest of the test session should keep malloc's defaults.
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, batch_size=3, seq_len=6, steps=2, warmup=1,
-            gemm_size=32)
+            gemm_size=32, retain_memory=False)
 
 
 def _closed_form_flops(V, L, C, B, T):
@@ -65,7 +66,19 @@ def test_compare_torch_uses_the_same_weights_and_reports_the_ratio():
 def test_cli_bench_prints_the_report(capsys):
     args = ["bench", "--vocab-size", "11", "--block-size", "8", "--layers", "1", "--heads", "2", "--d-model", "8",
             "--batch-size", "2", "--steps", "1", "--warmup", "1", "--gemm-size", "16", "--no-memory",
-            "--no-generation", "--backend", "strict"]
+            "--no-generation", "--backend", "strict", "--no-retain-memory", "--no-pool"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "backend strict" in out and "step time (ms)" in out
+    assert "backend strict" in out and "step time (ms)" in out and "set_num_threads(1);" in out
+
+
+def test_report_names_the_thread_pool_and_the_memory_setting():
+    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    pooled = bench.run(bench.BenchConfig(**TINY, threads=2, memory=False, generation=False))
+    assert pooled["pool_threads"] == 2 and pooled["retained_memory"] is False
+    assert pooled["gemm_gflops"] == max(pooled["gemm_gflops_blas"], pooled["gemm_gflops_split"])
+    report = bench.format_report(pooled)
+    assert "set_num_threads(2) (BLAS held to 1 thread" in report and "returned to the OS" in report
+    plain = bench.run(bench.BenchConfig(**TINY, threads=2, pool=False, memory=False, generation=False))
+    assert plain["pool_threads"] == 1 and "set_num_threads(1);" in bench.format_report(plain)
+    assert abs(plain["loss_ours"] - pooled["loss_ours"]) < 1e-6  # the same model and batch either way

@@ -15,10 +15,11 @@ backward: dh = dy * act'(h), then linear's backward with dh. What the fusion
 changes is where the pre-activation h lives. A Transformer's feed-forward
 widens each token to 4C: h is the step's widest array, (B*T, 4C). The
 separate ops write h to memory and read it straight back. Here each block
-of rows of x (256 rows at C = 256) is multiplied and activated while its
-block of h is still in the cache, and h is never stored: only y and what
-the activation's backward needs (ReLU's mask, GELU's slope). On two
-threads one thread's GEMM also overlaps the other's activation.
+of rows of x (the blocks of ``_blocks.rowwise``, sized by h's width) is
+multiplied and activated while its block of h is still in the cache, and h
+is never stored: only y and what the activation's backward needs (ReLU's
+mask, GELU's slope). On two threads one thread's GEMM also overlaps the
+other's activation.
 Derivation: docs/ops/linear_activation.md.
 """
 
