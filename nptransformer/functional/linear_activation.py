@@ -14,12 +14,14 @@ The math is the composition of ``linear`` and the activation, and so is the
 backward: dh = dy * act'(h), then linear's backward with dh. What the fusion
 changes is where the pre-activation h lives. A Transformer's feed-forward
 widens each token to 4C: h is the step's widest array, (B*T, 4C). The
-separate ops write h to memory and read it straight back. Here each block
-of rows of x (the blocks of ``_blocks.rowwise``, sized by h's width) is
-multiplied and activated while its block of h is still in the cache, and h
-is never stored: only y and what the activation's backward needs (ReLU's
-mask, GELU's slope). On two threads one thread's GEMM also overlaps the
-other's activation.
+separate ops write h to memory and read it straight back. With
+:func:`nptransformer.set_num_threads` above 1, each thread multiplies its
+slab of rows of x and activates it while that part of h is still in the
+cache, and h is never stored whole: only y and what the activation's
+backward needs (ReLU's mask, GELU's slope); one thread's product also runs
+beside the other's activation. On one thread, with BLAS using its own
+threads, the product is one GEMM (BLAS wants it whole) and the activation
+runs in cache-sized blocks after it.
 Derivation: docs/ops/linear_activation.md.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 from .. import parallel
 from ..backend import backend_of, get_array_module
 from ..grad_mode import is_grad_enabled
-from ._blocks import rowwise
+from ._blocks import matmul, rowwise
 from .activations import BLOCKS
 from .linear import check_linear_inputs, linear_backward
 from .registry import Case, register
@@ -62,7 +64,13 @@ def linear_activation_forward(x: Any, weight: Any, bias: Any = None, activation:
             h += bias
         return value_and_saved(h) if keep else value(h)
 
-    out = rowwise(block, xp.reshape(x, (-1, x.shape[-1])), width=c_out)
+    x2 = xp.reshape(x, (-1, x.shape[-1]))
+    if parallel.get_num_threads() > 1 and backend_of(x) == "numpy":
+        out = rowwise(block, x2, width=c_out)
+    else:
+        # On one thread a multithreaded BLAS wants the whole product: blocks of 64 rows made
+        # its threads meet once per block, and the step slower. The activation is still blocked.
+        out = rowwise(value_and_saved if keep else value, matmul(x2, w_t, bias))
     lead = tuple(x.shape[:-1]) + (c_out,)
     if not keep:
         return xp.reshape(out, lead), None
