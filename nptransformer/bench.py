@@ -396,8 +396,9 @@ def format_report(result: dict) -> str:
         f"after {cfg.warmup} warm-up",
         f"model FLOPs per step (GPT.flops_per_token x B x T): {result['flops_per_step'] / 1e9:.2f} GFLOP",
         f"{cfg.dtype} GEMM peak ({cfg.gemm_size}^3 matmul, same run, {result['threads']} threads): "
-        f"{result['gemm_gflops']:.1f} GFLOP/s (BLAS's threads {result['gemm_gflops_blas']:.1f}, "
-        f"split by the pool {result['gemm_gflops_split']:.1f}; the faster counts)",
+        f"{result['gemm_gflops']:.1f} GFLOP/s (BLAS's threads {result['gemm_gflops_blas']:.1f} before the steps, "
+        + ("split by the pool " if result["pool_threads"] > 1 else "again ")
+        + f"{result['gemm_gflops_split']:.1f} between them; the faster counts)",
         "",
     ]
     names = [n for n in ("ours", "torch") if n in result["seconds"]]
