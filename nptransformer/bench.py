@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backend, parallel
+from .functional._blocks import matmul
 from .memory import retain_freed_memory
 from .training import blas_threads
 
@@ -205,7 +206,7 @@ def run(cfg: BenchConfig) -> dict:
             result["torch"] = torch.__version__
         with parallel.num_threads(pool):
             result["loss_ours"] = float(backend.to_numpy(ours()))  # the first step: the same weights as torch's
-            gemm = gemm_seconds(cfg.gemm_size, cfg.dtype, _split_product if pool > 1 else lambda a, b: a @ b)
+            gemm = gemm_seconds(cfg.gemm_size, cfg.dtype, matmul)  # split by the pool when it runs
             times: dict[str, list[float]] = {name: [] for name in list(racers) + ["gemm"]}
             for _ in range(max(cfg.warmup - 1, 0)):
                 for step in racers.values():
@@ -226,12 +227,6 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
-
-
-def _split_product(a: Any, b: Any) -> Any:
-    from .functional._blocks import matmul
-
-    return matmul(a, b)
 
 
 def _generation(model: Any) -> dict:

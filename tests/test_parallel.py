@@ -155,3 +155,15 @@ def test_retaining_freed_memory_stops_the_page_faults_of_repeated_allocations():
     faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "retain")}
     assert faults["default"] > 3 * 20 * 1024 and faults["retain"] < 2 * 20 * 1024, faults
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_split_linear_activation_backward_matches_finite_differences(bias, threads, monkeypatch, rng):
+    from nptransformer.functional import linear_activation, linear_activation_backward, linear_activation_forward
+    from nptransformer.gradcheck import check_grad
+
+    monkeypatch.setattr(linear_activation, "_BACKWARD_BLOCK", 6)  # one row a block: several blocks per slab
+    x, w, b = rng.normal(size=(3, 4, 5)), rng.normal(size=(6, 5)), rng.normal(size=6) if bias else None
+    report = check_grad((linear_activation_forward, linear_activation_backward), [x, w, b], {"activation": "gelu_tanh"},
+                        wrt=(0, 1, 2) if bias else (0, 1))
+    assert report.passed and report.max_rel < 1e-6, report.table()

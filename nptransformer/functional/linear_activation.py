@@ -57,12 +57,13 @@ def linear_activation_forward(x: Any, weight: Any, bias: Any = None, activation:
     value, value_and_saved, _ = BLOCKS[activation]
     w_t, c_out = xp.matrix_transpose(weight), weight.shape[0]
     keep = is_grad_enabled()  # read here: the blocks may run on the pool's threads
+    act = value_and_saved if keep else value
 
     def block(rows: Any) -> Any:
         h = rows @ w_t  # (r, C_in) @ (C_in, C_out): one block of the pre-activation, still in cache
         if bias is not None:
             h += bias
-        return value_and_saved(h) if keep else value(h)
+        return act(h)
 
     x2 = xp.reshape(x, (-1, x.shape[-1]))
     if parallel.get_num_threads() > 1 and backend_of(x) == "numpy":
@@ -70,7 +71,7 @@ def linear_activation_forward(x: Any, weight: Any, bias: Any = None, activation:
     else:
         # On one thread a multithreaded BLAS wants the whole product: blocks of 64 rows made
         # its threads meet once per block, and the step slower. The activation is still blocked.
-        out = rowwise(value_and_saved if keep else value, matmul(x2, w_t, bias))
+        out = rowwise(act, matmul(x2, w_t, bias))
     lead = tuple(x.shape[:-1]) + (c_out,)
     if not keep:
         return xp.reshape(out, lead), None
@@ -110,16 +111,23 @@ def linear_activation_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
             hi = min(lo + rows, stop)
             dh = grad(dy2[lo:hi], saved2[lo:hi])  # (r, C_out), in cache
             np.matmul(dh, weight, out=dx[lo:hi])  # dx = dh W
-            dw, db = dh.T @ x2[lo:hi], np.sum(dh, axis=0)  # this block's share of dW = dh^T x, db = sum(dh)
-            dweight, dbias = (dw, db) if dweight is None else (dweight + dw, dbias + db)
+            dw = dh.T @ x2[lo:hi]  # this block's share of dW = dh^T x (a fresh array, so the sum may take it)
+            db = np.sum(dh, axis=0) if has_bias else None  # and of db = sum(dh)
+            if dweight is None:
+                dweight, dbias = dw, db
+            else:
+                dweight += dw
+                if has_bias:
+                    dbias += db
         sums[start] = (dweight, dbias)
 
     parallel.run(slab, parts)
     dweight, dbias = sums.pop(0)
     for dw, db in sums.values():
         dweight += dw
-        dbias += db
-    return xp.reshape(dx, tuple(x.shape)), dweight, dbias if has_bias else None
+        if has_bias:
+            dbias += db
+    return xp.reshape(dx, tuple(x.shape)), dweight, dbias
 
 
 #: Elements of dh per block of the threaded backward (1 MiB of float32: 256 rows at C_out = 1024).
