@@ -186,25 +186,25 @@ def num_threads(n: int) -> Iterator[None]:
         set_num_threads(previous)
 
 
-def slabs(length: int, elements: int) -> list[tuple[int, int]]:
+def slabs(length: int, elements: int, min_elements: int = MIN_ELEMENTS) -> list[tuple[int, int]]:
     """How to cut ``length`` rows holding ``elements`` elements in all: [(start, stop), ...], one per thread.
 
     A single slab (0, length) when the pool is off, the work is below
-    MIN_ELEMENTS, or there are fewer rows than threads.
+    ``min_elements``, or there are fewer rows than threads.
     """
-    n = max(1, min(get_num_threads(), length, elements // MIN_ELEMENTS))
+    n = max(1, min(get_num_threads(), length, elements // max(min_elements, 1)))
     bounds = [length * i // n for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def balanced(sizes: Sequence[int]) -> list[tuple[int, int]]:
+def balanced(sizes: Sequence[int], min_elements: int = MIN_ELEMENTS) -> list[tuple[int, int]]:
     """Cut a list of items of the given sizes into contiguous runs of about equal total size, one per thread.
 
     [(start, stop), ...] over item indices, as :func:`slabs` gives; one run
-    when the pool is off or the total is below MIN_ELEMENTS.
+    when the pool is off or the total is below ``min_elements``.
     """
     total = sum(sizes)
-    n = max(1, min(get_num_threads(), len(sizes), total // MIN_ELEMENTS))
+    n = max(1, min(get_num_threads(), len(sizes), total // max(min_elements, 1)))
     cuts, acc, k = [0], 0, 1
     for i, size in enumerate(sizes[:-1]):
         acc += size
@@ -222,3 +222,20 @@ def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> None
             fn(start, stop)
     else:
         _pool.run(fn, parts)
+
+
+def gather(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
+    """``[fn(start, stop) for each slab]``, computed like :func:`run`, returned in slab order.
+
+    Partial results (a weight gradient's per-slab products) are then summed
+    in that fixed order, so a result is bit-identical from run to run
+    whichever thread finished first.
+    """
+    results: list = [None] * len(parts)
+    index = {part: i for i, part in enumerate(parts)}
+
+    def one(start: int, stop: int) -> None:
+        results[index[(start, stop)]] = fn(start, stop)
+
+    run(one, parts)
+    return results

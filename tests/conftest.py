@@ -41,31 +41,20 @@ def rng():
 
 
 @pytest.fixture(params=[1, 2], ids=["serial", "pool"])
-def threads(request, monkeypatch):
-    """Run a test serially and with nptransformer's pool on two threads, splitting even the tiniest array.
+def threads(request):
+    """Run a test serially and with nptransformer's pool (two threads, or as parametrized indirectly).
 
-    MIN_ELEMENTS = 1 makes every op cut its work into slabs (the real
-    threshold leaves test-sized arrays whole), so the split code paths are
-    the ones under test. Needs threadpoolctl (the test extra has it).
+    With more than one thread every kernel runs with its ``test_settings``
+    (kernels.small_settings()): split thresholds and block sizes so small
+    that test-sized arrays reach every split and block. Needs threadpoolctl
+    (the test extra has it).
     """
     from nptransformer import parallel
+    from nptransformer.kernels import configured, small_settings
 
     if request.param > 1:
         pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
-        monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1)
-    with parallel.num_threads(request.param):
+        with parallel.num_threads(request.param), configured(small_settings()):
+            yield request.param
+    else:
         yield request.param
-
-
-@pytest.fixture(params=["whole", "blocked"])
-def causal_blocks(request, monkeypatch):
-    """Run a test with causal attention as one block and cut into query blocks of one row.
-
-    Blocks start at 2 * CAUSAL_BLOCK queries (256 by default); CAUSAL_BLOCK = 1
-    reaches the blocked code with the few queries a test uses.
-    """
-    from nptransformer.functional import attention
-
-    if request.param == "blocked":
-        monkeypatch.setattr(attention, "CAUSAL_BLOCK", 1)
-    return request.param

@@ -1,7 +1,12 @@
 """Primitive ops: each a ``*_forward`` returning ``(out, ctx)`` and a hand-written ``*_backward``.
 
-Every op is registered in :data:`~nptransformer.functional.registry.OPS`,
-which is what puts it under the gradient check.
+THE REFERENCE: each op is the plain array code of its math, short enough to
+read beside its page in docs/ops/, every backward line annotated with the
+forward line it reverses. No thread pool, no row blocks, no fused variants:
+the fast versions live in :mod:`nptransformer.kernels`, are registered
+against these, and are tested against them. Every op is registered in
+:data:`nptransformer.registry.OPS`, which is what puts it under the
+gradient check.
 """
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
@@ -13,10 +18,10 @@ from .linear_activation import linear_activation_backward, linear_activation_for
 from .losses import cross_entropy_backward, cross_entropy_forward
 from .normalization import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positional import rope_backward, rope_forward, sinusoidal_backward, sinusoidal_forward, sinusoidal_table
-from .registry import OPS, Case, OpSpec, register
+from ..registry import OPS, Case, OpSpec, register_op
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
-    "OPS", "Case", "OpSpec", "register", "sinusoidal_table", "AttentionContext", "AttentionBlock",
+    "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext", "AttentionBlock",
 ]

@@ -21,7 +21,7 @@ from .. import _checks
 from ..backend import erf, get_array_module
 from ..grad_mode import is_grad_enabled
 from ._blocks import rowwise
-from .registry import Case, register
+from ..registry import Case, register_op
 
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -193,5 +193,5 @@ def _gelu_cases(t: Any) -> Any:
     return cases()
 
 
-register("relu", relu_forward, relu_backward, example=_relu_example, cases=_relu_cases)
-register("gelu", gelu_forward, gelu_backward, example=_gelu_example, cases=_gelu_cases)
+register_op("relu", relu_forward, relu_backward, example=_relu_example, cases=_relu_cases)
+register_op("gelu", gelu_forward, gelu_backward, example=_gelu_example, cases=_gelu_cases)

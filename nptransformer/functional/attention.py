@@ -33,7 +33,7 @@ from .. import _checks, backend
 from ..backend import dtype_name, get_array_module
 from ._blocks import stacked_matmul
 from .dropout import dropout_backward, dropout_forward
-from .registry import Case, register
+from ..registry import Case, register_op
 from .softmax import softmax_backward, softmax_forward
 
 
@@ -302,7 +302,7 @@ def _cases(t: Any) -> Any:
     return cases()
 
 
-register(
+register_op(
     "scaled_dot_product_attention",
     scaled_dot_product_attention_forward,
     scaled_dot_product_attention_backward,

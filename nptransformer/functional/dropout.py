@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def dropout_forward(x: Any, p: float = 0.5, training: bool = True, generator: Any = None) -> tuple[Any, tuple]:
@@ -74,4 +74,4 @@ def _cases(t: Any) -> Any:
     return cases()
 
 
-register("dropout", dropout_forward, dropout_backward, example=_example, cases=_cases)
+register_op("dropout", dropout_forward, dropout_backward, example=_example, cases=_cases)

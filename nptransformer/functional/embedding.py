@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module, scatter_add, zeros
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def embedding_forward(ids: Any, weight: Any, padding_idx: int | None = None) -> tuple[Any, tuple]:
@@ -75,4 +75,4 @@ def _cases(t: Any) -> Any:
     return cases()
 
 
-register("embedding", embedding_forward, embedding_backward, example=_example, cases=_cases, differentiable=(1,))
+register_op("embedding", embedding_forward, embedding_backward, example=_example, cases=_cases, differentiable=(1,))

@@ -20,7 +20,7 @@ from typing import Any
 from .. import _checks
 from ..backend import get_array_module
 from ._blocks import column_sums, matmul
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
@@ -169,6 +169,6 @@ def _add_cases(t: Any) -> Any:
     return cases()
 
 
-register("linear", linear_forward, linear_backward, example=_linear_example, cases=_linear_cases, differentiable=(0, 1, 2))
-register("matmul", matmul_forward, matmul_backward, example=_matmul_example, cases=_matmul_cases, differentiable=(0, 1))
-register("add", add_forward, add_backward, example=_add_example, cases=_add_cases, differentiable=(0, 1))
+register_op("linear", linear_forward, linear_backward, example=_linear_example, cases=_linear_cases, differentiable=(0, 1, 2))
+register_op("matmul", matmul_forward, matmul_backward, example=_matmul_example, cases=_matmul_cases, differentiable=(0, 1))
+register_op("add", add_forward, add_backward, example=_add_example, cases=_add_cases, differentiable=(0, 1))

@@ -37,7 +37,7 @@ from ..grad_mode import is_grad_enabled
 from ._blocks import matmul, rowwise
 from .activations import BLOCKS
 from .linear import check_linear_inputs, linear_backward
-from .registry import Case, register
+from ..registry import Case, register_op
 
 ACTIVATIONS = tuple(BLOCKS)
 
@@ -152,5 +152,5 @@ def _cases(t: Any) -> Any:
     return cases()
 
 
-register("linear_activation", linear_activation_forward, linear_activation_backward, example=_example,
+register_op("linear_activation", linear_activation_forward, linear_activation_backward, example=_example,
          cases=_cases, differentiable=(0, 1, 2))

@@ -19,7 +19,7 @@ from typing import Any
 from .. import _checks
 from ..backend import get_array_module
 from ._blocks import column_sums, over_last_axis, row_sums
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def _check_inputs(x: Any, weight: Any, bias: Any, eps: Any) -> None:
@@ -144,7 +144,7 @@ def _norm_cases(t: Any, *, with_bias: bool) -> Any:
     return cases()
 
 
-register(
+register_op(
     "layer_norm",
     layer_norm_forward,
     layer_norm_backward,
@@ -152,7 +152,7 @@ register(
     cases=lambda t: _norm_cases(t, with_bias=True),
     differentiable=(0, 1, 2),
 )
-register(
+register_op(
     "rms_norm",
     rms_norm_forward,
     rms_norm_backward,

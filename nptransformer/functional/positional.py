@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import dtype_of, get_array_module
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def _angles(n_positions: int, offset: int, n_freqs: int, dim: int, base: float, like: Any) -> Any:
@@ -157,11 +157,11 @@ def _position_cases(t: Any, even: bool) -> Any:
     return cases()
 
 
-register(
+register_op(
     "sinusoidal",
     sinusoidal_forward,
     sinusoidal_backward,
     example=_sinusoidal_example,
     cases=lambda t: _position_cases(t, even=False),
 )
-register("rope", rope_forward, rope_backward, example=_rope_example, cases=lambda t: _position_cases(t, even=True))
+register_op("rope", rope_forward, rope_backward, example=_rope_example, cases=lambda t: _position_cases(t, even=True))

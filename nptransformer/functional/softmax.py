@@ -16,7 +16,7 @@ from typing import Any
 from .. import _checks
 from ..backend import get_array_module
 from ._blocks import over_last_axis, row_sums
-from .registry import Case, register
+from ..registry import Case, register_op
 
 
 def _shifted(x: Any, axis: int) -> Any:
@@ -125,5 +125,5 @@ def _cases(t: Any) -> Any:
     return cases()
 
 
-register("softmax", softmax_forward, softmax_backward, example=_example, cases=_cases)
-register("log_softmax", log_softmax_forward, log_softmax_backward, example=_example, cases=_cases)
+register_op("softmax", softmax_forward, softmax_backward, example=_example, cases=_cases)
+register_op("log_softmax", log_softmax_forward, log_softmax_backward, example=_example, cases=_cases)

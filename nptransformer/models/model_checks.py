@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..nn.check_registry import ModuleCheck, register_module_check
+from ..registry import ModuleCheck, register_module_check
 
 
 def _gpt(rng: Any, tie_weights: bool) -> ModuleCheck:

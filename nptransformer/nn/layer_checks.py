@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .check_registry import ModuleCheck, register_module_check
+from ..registry import ModuleCheck, register_module_check
 
 
 def _x(rng: np.random.Generator, *shape: int) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""Row blocks: an expression evaluated block of rows by block of rows, the blocks shared among threads.
+
+NumPy evaluates ``0.5 * x * (1.0 + t)`` one operator at a time over the whole
+array: an expression of k operators on a (B*T, 4C) activation streams k
+full-size temporaries through main memory, and each fresh temporary above
+the allocator's mmap threshold is new pages the kernel must fault in and
+zero. Cut into blocks of a few rows, the same expression runs out of the L2
+cache and reuses the same small buffers. Results are unchanged whenever the
+expression treats rows independently (elementwise ops, reductions over the
+last axis), which is the only way the kernels use it.
+
+On CuPy one kernel per operator over the whole array is what a GPU wants,
+so there the expression is applied once, unsplit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .. import backend, parallel
+from ..backend import backend_of, get_array_module
+
+#: Elements per block of the widest input: 64 Ki float32 = 256 KiB a temporary, so the
+#: half-dozen temporaries of a GELU backward fit a 1-2 MiB L2 cache with room to spare.
+BLOCK_ELEMENTS = 1 << 16
+#: Arrays of at most this many elements (4 MiB of float32) are left whole: their temporaries
+#: stay in the last-level cache anyway, and splitting only adds calls (measured on layer norm).
+WHOLE_ELEMENTS = 1 << 20
+
+#: The settings of every row-blocked kernel, and the small ones its tests use.
+ROW_SETTINGS = {"block_elements": BLOCK_ELEMENTS, "whole_elements": WHOLE_ELEMENTS,
+                "min_elements": parallel.MIN_ELEMENTS}
+ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "min_elements": 1}
+
+
+def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, width: int = 0) -> Any:
+    """``fn(*arrays)``, computed on blocks of leading-axis rows and stitched back together.
+
+    Every array in ``arrays`` must have the same leading length R; ``fn``
+    must return an array (or a tuple of arrays) whose leading length is that
+    of its inputs and whose row r depends only on row r of the inputs.
+    Arguments that broadcast (a (C,) weight) belong in ``fn``'s closure.
+    With :func:`nptransformer.set_num_threads` above 1, the rows are first cut
+    into one slab per thread and the slabs computed at once. ``width``: the
+    elements per row of fn's widest output when it is wider than the inputs
+    (a product that widens the rows); blocks are sized by the widest rows.
+    ``settings``: ``block_elements``, ``whole_elements``, ``min_elements``
+    (:data:`ROW_SETTINGS`).
+    """
+    R = arrays[0].shape[0]
+    row_elements = max([math.prod(a.shape[1:]) for a in arrays] + [width]) or 1
+    name = backend_of(arrays[0])
+    parts = parallel.slabs(R, R * row_elements, settings["min_elements"]) if name == "numpy" else [(0, R)]
+    slab_elements = -(-R // len(parts)) * row_elements
+    rows = R if slab_elements <= settings["whole_elements"] else max(1, settings["block_elements"] // row_elements)
+    if name == "cupy" or (len(parts) == 1 and rows >= R):
+        return fn(*arrays)
+    first = fn(*(a[:1, ...] for a in arrays))  # the first row sizes the outputs
+    tuple_out = isinstance(first, tuple)
+    outs = tuple(get_array_module(p).empty((R,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
+                 for p in (first if tuple_out else (first,)))
+    for out, p in zip(outs, first if tuple_out else (first,)):
+        out[:1, ...] = p
+
+    def compute(start: int, stop: int) -> None:
+        for lo in range(max(start, 1), stop, rows):
+            hi = min(lo + rows, stop)
+            block = fn(*(a[lo:hi, ...] for a in arrays))
+            for out, p in zip(outs, block if tuple_out else (block,)):
+                out[lo:hi, ...] = p
+
+    parallel.run(compute, parts)
+    return outs if tuple_out else outs[0]
+
+
+def over_last_axis(fn: Callable[..., Any], *arrays: Any, settings: dict) -> Any:
+    """:func:`rowwise` for row-wise ops on arrays (..., n): the leading axes are flattened into rows.
+
+    Every array has the same leading shape (...); ``fn`` gets 2-D blocks (r, n)
+    and returns (r, m) arrays, reshaped back to (..., m).
+    """
+    if arrays[0].ndim < 2 or any(a.shape[-1] == 0 for a in arrays):
+        return fn(*arrays)
+    xp = get_array_module(*arrays)
+    lead = tuple(arrays[0].shape[:-1])
+    rows = [xp.reshape(a, (-1, a.shape[-1])) for a in arrays]
+    out = rowwise(fn, *rows, settings=settings)
+    parts = out if isinstance(out, tuple) else (out,)
+    parts = tuple(xp.reshape(p, lead + (p.shape[-1],)) for p in parts)
+    return parts if isinstance(out, tuple) else parts[0]
+
+
+def row_sums(x: Any) -> Any:
+    """Sums over the last axis, kept as a column: (..., n) -> (..., 1).
+
+    With the pool running (BLAS on one thread) they are computed as one
+    matrix-vector product ``x @ ones(n)``: NumPy's ``sum(x, axis=-1)`` pays
+    a loop setup per row, and on a freshly computed (2048, 256) float32
+    block the product took 0.03 ms against 0.10 ms. Without the pool NumPy's
+    sum is used: a multithreaded BLAS hands half of the fresh rows to the
+    other core, out of whose cache they must first travel (0.18 ms).
+    """
+    xp = get_array_module(x)
+    if not _serial_blas(x):
+        return xp.sum(x, axis=-1, keepdims=True)
+    return xp.expand_dims(x @ backend.full((x.shape[-1],), 1.0, like=x), axis=-1)
+
+
+def column_sums(x: Any) -> Any:
+    """Sums over every axis but the last: (..., n) -> (n,); ``ones(N) @ x`` when BLAS is serial (see row_sums).
+
+    This is how a parameter shared by every row collects its gradient (a
+    bias, a norm's gain).
+    """
+    rows = get_array_module(x).reshape(x, (-1, x.shape[-1]))
+    if not _serial_blas(x):
+        return get_array_module(x).sum(rows, axis=0)
+    return backend.full((rows.shape[0],), 1.0, like=x) @ rows
+
+
+def _serial_blas(x: Any) -> bool:
+    """True when x is a NumPy array and the pool holds BLAS to one thread."""
+    return parallel.get_num_threads() > 1 and backend_of(x) == "numpy"
