@@ -1,6 +1,6 @@
 """Step time and peak memory of a GPT training step against sequence length and width, ours and PyTorch's.
 
-Runs ``nptransformer.bench`` over two sweeps and writes a JSON file of every
+Runs ``nptransformer.apps.bench`` over two sweeps and writes a JSON file of every
 number and a PNG of four panels (docs/figures/scaling.png in the docs):
 
 - sequence length T = 64 ... 1024 at d_model 256, with B*T = 2048 tokens a
@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from nptransformer import bench  # noqa: E402
+from nptransformer.apps import bench  # noqa: E402
 
 SEQ_LENS = (64, 128, 256, 512, 1024)
 WIDTHS = (128, 256, 512, 1024)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from nptransformer import backend  # noqa: E402
 from nptransformer.backend import Generator, to_numpy  # noqa: E402
-from nptransformer.char_gpt import split_text  # noqa: E402
+from nptransformer.apps.train_char import split_text  # noqa: E402
 from nptransformer.data import char_batch  # noqa: E402
 from nptransformer.grad_mode import no_grad  # noqa: E402
 from nptransformer.models import BERT, BERTWithHead  # noqa: E402

@@ -8,7 +8,7 @@ Run from the repository root (NumPy CPU; about 16 minutes on 2 cores, validation
 
 This is ``nptransformer train-char --text examples/data/shakespeare.txt``
 with that file as the default text; every option of that command works here
-(``--help``). The training code is :func:`nptransformer.char_gpt.train_char_gpt`;
+(``--help``). The training code is :func:`nptransformer.apps.train_char.train_char_gpt`;
 docs/training.md records the measured validation loss and wall time.
 """
 

@@ -5,8 +5,8 @@ Run from the repository root (NumPy CPU; about 3 minutes on 2 cores):
     python examples/reverse.py
     python examples/reverse.py --steps 3000 --checkpoint runs/reverse.npz   # longer, resumable with --resume
 
-The model (:func:`nptransformer.demo.reversal_model`) is trained by
-:func:`nptransformer.demo.train_reversal`; accuracy is the fraction of 1000
+The model (:func:`nptransformer.apps.demo.reversal_model`) is trained by
+:func:`nptransformer.apps.demo.train_reversal`; accuracy is the fraction of 1000
 held-out sequences, never drawn for training, whose greedy decode is exactly
 the reversal. docs/training.md records the measured numbers.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from nptransformer.backend import Generator  # noqa: E402
 from nptransformer.data import ReversalTask  # noqa: E402
-from nptransformer.demo import exact_match, show_decodes, train_reversal  # noqa: E402
+from nptransformer.apps.demo import exact_match, show_decodes, train_reversal  # noqa: E402
 from nptransformer.generation import beam_search  # noqa: E402
 from nptransformer.training import blas_threads  # noqa: E402
 

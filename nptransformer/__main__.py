@@ -1,13 +1,13 @@
 """Command line: ``python -m nptransformer <command>`` (also the ``nptransformer`` script).
 
-Commands are registered in :mod:`nptransformer.cli`; ``--help`` lists them.
+Commands are registered in :mod:`nptransformer.apps.cli`; ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .cli import build_parser
+from .apps.cli import build_parser
 
 
 def main(argv: list[str] | None = None) -> int:

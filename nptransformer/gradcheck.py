@@ -219,7 +219,8 @@ def check_grad(
     host_inputs = [_host(a) for a in inputs]
     if wrt is None:
         wrt = [i for i, a in enumerate(host_inputs) if isinstance(a, np.ndarray) and a.dtype.name in FLOAT_DTYPES]
-    wrt = [i for i in wrt if host_inputs[i] is not None]
+    aligned = list(wrt)  # the backward's gradients line up with every differentiable position...
+    wrt = [i for i in wrt if i < len(host_inputs) and host_inputs[i] is not None]  # ...of which these are given
     params = target.params()
     floats = [host_inputs[i] for i in wrt] + [backend.to_numpy(p.data) for _, p in params]
     dtype = floats[0].dtype.name if floats else "float64"
@@ -229,7 +230,8 @@ def check_grad(
 
     report = None
     for attempt in range(kink_retries + 1):
-        report = _check_once(target, host_inputs, wrt, params, dtype, tol, max_elementwise, n_directions, rng)
+        report = _check_once(target, host_inputs, wrt, aligned, params, dtype, tol, max_elementwise, n_directions,
+                             rng)
         report.label = label or target.label
         report.nudged = attempt > 0
         if report.passed or report.mutations:
@@ -245,6 +247,7 @@ def _check_once(
     target: _Target,
     host_inputs: list,
     wrt: Sequence[int],
+    aligned: Sequence[int],
     params: list,
     dtype: str,
     tol: dict,
@@ -264,7 +267,7 @@ def _check_once(
             cot = backend.asarray(cot_host.copy())
             for _, p in params:
                 p.grad = None
-            grads = _align(target.grads(cot, ctx), len(args), wrt)
+            grads = _align(target.grads(cot, ctx), len(args), aligned)
             report.mutations = _mutations(args, host_inputs, cot, cot_host, params, saved_params)
             analytic = {f"input {i}": grads.get(i) for i in wrt}
             analytic.update({name: p.grad for name, p in params})

@@ -189,28 +189,6 @@ def mean_pool(hidden: Any, attention_mask: Any, normalize: bool = False) -> Any:
     return pooled
 
 
-def run_embed_cli(args: Any) -> int:
-    """``nptransformer embed --model DIR TEXT ...``: print the cosine similarities of the texts' embeddings."""
-    from .grad_mode import no_grad
-    from .tokenizers import BertTokenizer
-
-    model = load_bert(args.model, dtype=args.dtype)
-    tokenizer = BertTokenizer.from_pretrained(args.model)
-    batch = tokenizer(args.texts, padding=True, truncation=True, return_tensors="np",
-                      max_length=min(tokenizer.model_max_length, model.max_position_embeddings))
-    ids, types, mask = (backend.asarray(batch[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
-    with no_grad():
-        embeddings = backend.to_numpy(mean_pool(model(ids, types, mask), mask, normalize=True))
-    similarity = embeddings @ embeddings.T  # (N, H) @ (H, N): unit vectors, so cosines
-    for i, text in enumerate(args.texts):
-        print(f"[{i}] {text}")
-    print("\ncosine similarity")
-    print("     " + "".join(f"{f'[{j}]':>8}" for j in range(len(args.texts))))
-    for i, row in enumerate(similarity):
-        print(f"{f'[{i}]':<5}" + "".join(f"{v:>8.4f}" for v in row))
-    return 0
-
-
 # -- shared helpers ---------------------------------------------------------------
 
 

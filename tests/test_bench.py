@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nptransformer import bench
+from nptransformer.apps import bench
 from nptransformer.__main__ import main
 
 # retain_memory=False: mallopt is process-wide, and the rest of the test session should keep malloc's defaults.
@@ -26,7 +26,8 @@ def test_bench_runs_and_counts_flops_by_the_closed_form():
     assert result["memory"]["ours"]["traced_mib"] > 0  # tracemalloc sees NumPy's buffers
     assert np.isfinite(result["loss_ours"])
     labels = [label for label, _ in result["profile"]]
-    assert "linear forward" in labels and "AdamW step" in labels and labels[-1] == "other (module glue)"
+    assert any(label.startswith("linear forward (") for label in labels)  # op, then who ran it
+    assert "AdamW step" in labels and labels[-1] == "other (module glue)"
     assert result["generation"]["new_tokens"] == 4 and result["generation"]["tokens_per_s_cache"] > 0
     report = bench.format_report(result)
     for text in ("step time (ms)", "tokens/s", "achieved GFLOP/s", "MFU", "peak memory", "where the time goes",
@@ -34,16 +35,26 @@ def test_bench_runs_and_counts_flops_by_the_closed_form():
         assert text in report
 
 
-def test_profile_puts_the_ops_back():
-    from nptransformer.functional import linear as functional_linear
-    from nptransformer.nn import linear as nn_linear
+def test_profile_puts_the_dispatch_back():
+    from nptransformer.kernels import dispatch
 
+    forward, backward = dispatch.forward, dispatch.backward
     cfg = bench.BenchConfig(**TINY)
     idx, targets = bench.batch(cfg)
     step = bench.training_step(bench.build_model(cfg), idx, targets)
     bench.profile_ops(step, 1)
-    assert nn_linear.linear_forward is functional_linear.linear_forward
+    assert dispatch.forward is forward and dispatch.backward is backward
     assert "step" not in vars(step.optimizer)
+
+
+def test_reference_bench_runs_every_op_through_its_reference():
+    cfg = bench.BenchConfig(**TINY, reference=True, profile=True, memory=False, generation=False)
+    result = bench.run(cfg)
+    ops = [label for label, _ in result["profile"] if " forward (" in label or " backward (" in label]
+    assert ops and all(label.endswith("(reference)") for label in ops), ops
+    assert "reference ops only" in bench.format_report(result)
+    kernels = bench.run(bench.BenchConfig(**TINY, memory=False, generation=False))
+    assert abs(kernels["loss_ours"] - result["loss_ours"]) < 1e-6  # the same model, either engine
 
 
 def test_checkpointed_bench_counts_the_same_model_flops():

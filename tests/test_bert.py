@@ -6,8 +6,8 @@ import pytest
 
 from nptransformer import backend
 from nptransformer.models import BERT
-from nptransformer.gradcheck_suite import check_target
-from nptransformer.nn.check_registry import MODULE_CHECKS
+from nptransformer.apps.gradcheck import check_target
+from nptransformer.registry import MODULE_CHECKS
 
 SMALL = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12,
              max_position_embeddings=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -48,7 +48,7 @@ def test_kernel_equals_its_reference(name, threads, backend_name, data):
     spec = OPS[kernel.op]
     case = data.draw(kernel.cases(testing), label="case")
     args = [backend.asarray(a) if isinstance(a, np.ndarray) else a for a in case.args]
-    gen_state = backend.default_generator.get_state()
+    gen_state = backend.default_generator.state()
     want, want_ctx = spec.forward(*args, **case.kwargs)
     backend.default_generator.set_state(gen_state)  # dropout draws the same mask for both
     got, ctx = kernel.forward(*args, **case.kwargs)

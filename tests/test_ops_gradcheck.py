@@ -23,16 +23,6 @@ def test_op_backward_matches_finite_differences(name, backend_name, data):
     assert report.max_rel < 1e-6, report.table()
 
 
-@given(data=st.data())
-def test_blocked_causal_attention_matches_finite_differences(backend_name, causal_blocks, data):
-    spec = OPS["scaled_dot_product_attention"]
-    case = data.draw(spec.cases(testing), label="case")
-    case.kwargs["is_causal"] = True
-    report = check_grad((spec.forward, spec.backward), case.args, case.kwargs, wrt=spec.differentiable)
-    report.raise_if_failed()
-    assert report.max_rel < 1e-6, report.table()
-
-
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_op_example_passes_in_float64(name, backend_name):
     spec = OPS[name]

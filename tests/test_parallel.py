@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 import nptransformer as npt
 from nptransformer import parallel
-from nptransformer.functional import _blocks
-from nptransformer.gradcheck_suite import _targets, check_target
+from nptransformer.apps.gradcheck import _targets, check_target
 
 threadpoolctl = pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
 
@@ -20,47 +19,10 @@ threadpoolctl = pytest.importorskip("threadpoolctl", reason="the pool holds BLAS
 @pytest.mark.parametrize("threads", [2], indirect=True, ids=["pool"])
 @pytest.mark.parametrize("name,kind,target", list(_targets()), ids=[t[0] for t in _targets()])
 def test_every_op_layer_and_model_passes_the_gradient_check_with_every_array_split(name, kind, target, threads):
-    # With 2 threads and MIN_ELEMENTS = 1 every GEMM, elementwise chain, attention
-    # product and optimizer step is cut into slabs (the serial run is test_ops_gradcheck's).
+    # With 2 threads and every kernel's test settings every GEMM, elementwise chain and attention
+    # product is cut into slabs (the serial run is test_ops_gradcheck's).
     report = check_target(kind, target)
     assert report.passed and report.max_rel < 1e-6, report.table()
-
-
-@pytest.mark.parametrize("shape", [(64, 8, 16), (8, 16, 64), (8, 64, 16)], ids=["rows", "columns", "inner"])
-@pytest.mark.parametrize("bias", [False, True])
-def test_split_matmul_equals_one_product(shape, bias, threads, rng):
-    m, k, n = shape
-    a, b, c = rng.normal(size=(m, k)), rng.normal(size=(k, n)), rng.normal(size=n)
-    expected = a @ b + (c if bias else 0.0)
-    got = _blocks.matmul(a, b, c if bias else None)
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-
-
-def test_split_matmul_reads_transposed_views(threads, rng):
-    dy, x = rng.normal(size=(40, 6)), rng.normal(size=(40, 5))  # a weight gradient: dy^T x, K = 40 is the long side
-    np.testing.assert_allclose(_blocks.matmul(dy.T, x), np.einsum("ki,kj->ij", dy, x), rtol=1e-12, atol=1e-12)
-
-
-def test_split_stacked_matmul_equals_numpy(threads, rng):
-    a, b = rng.normal(size=(5, 3, 16, 8)), rng.normal(size=(5, 3, 8, 16))
-    np.testing.assert_allclose(_blocks.stacked_matmul(a, b), np.matmul(a, b), rtol=1e-12, atol=1e-12)
-    shared = rng.normal(size=(8, 16))  # b broadcast over the stack
-    np.testing.assert_allclose(_blocks.stacked_matmul(a, shared), np.matmul(a, shared), rtol=1e-12, atol=1e-12)
-
-
-def test_split_rowwise_equals_the_expression_on_the_whole_array(threads, monkeypatch, rng):
-    monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 8)  # slabs of several blocks each
-    monkeypatch.setattr(_blocks, "WHOLE_ELEMENTS", 8)
-    x = rng.normal(size=(37, 5))
-    y, s = _blocks.rowwise(lambda r: (np.tanh(r), r.sum(axis=-1, keepdims=True)), x)
-    np.testing.assert_array_equal(y, np.tanh(x))
-    np.testing.assert_allclose(s, x.sum(axis=-1, keepdims=True), rtol=1e-14)
-
-
-def test_row_and_column_sums_match_numpy(threads, rng):
-    x = rng.normal(size=(6, 7, 9))
-    np.testing.assert_allclose(_blocks.row_sums(x), x.sum(axis=-1, keepdims=True), rtol=1e-12)
-    np.testing.assert_allclose(_blocks.column_sums(x), x.sum(axis=(0, 1)), rtol=1e-12)
 
 
 @given(st.lists(st.integers(0, 10**6), min_size=0, max_size=40), st.integers(1, 4))
@@ -155,15 +117,3 @@ def test_retaining_freed_memory_stops_the_page_faults_of_repeated_allocations():
     faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "retain")}
     assert faults["default"] > 3 * 20 * 1024 and faults["retain"] < 2 * 20 * 1024, faults
-
-
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_split_linear_activation_backward_matches_finite_differences(bias, threads, monkeypatch, rng):
-    from nptransformer.functional import linear_activation, linear_activation_backward, linear_activation_forward
-    from nptransformer.gradcheck import check_grad
-
-    monkeypatch.setattr(linear_activation, "_BACKWARD_BLOCK", 6)  # one row a block: several blocks per slab
-    x, w, b = rng.normal(size=(3, 4, 5)), rng.normal(size=(6, 5)), rng.normal(size=6) if bias else None
-    report = check_grad((linear_activation_forward, linear_activation_backward), [x, w, b], {"activation": "gelu_tanh"},
-                        wrt=(0, 1, 2) if bias else (0, 1))
-    assert report.passed and report.max_rel < 1e-6, report.table()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nptransformer import backend
+from nptransformer.kernels import KERNELS
 from nptransformer.functional import (
     rope_backward,
     rope_forward,
@@ -26,13 +27,26 @@ def _host(*arrays):
     return [backend.to_numpy(a) for a in arrays]
 
 
-def _attention(q, k, v, mask=None, dout=None, **kwargs):
-    """Forward (and backward when dout is given) on the current backend, results on the host."""
+def _attention(q, k, v, mask=None, dout=None, forward=scaled_dot_product_attention_forward,
+               backward=scaled_dot_product_attention_backward, **kwargs):
+    """Forward (and backward when dout is given) on the current backend; out, dq, dk, dv on the host."""
     q_, k_, v_, mask_ = _dev(q, k, v, mask)
-    out, ctx = scaled_dot_product_attention_forward(q_, k_, v_, mask_, **kwargs)
+    out, ctx = forward(q_, k_, v_, mask_, **kwargs)
     if dout is None:
         return backend.to_numpy(out), ctx
-    return (backend.to_numpy(out), *_host(*scaled_dot_product_attention_backward(backend.asarray(dout), ctx)))
+    dq, dk, dv, dbias = backward(backend.asarray(dout), ctx)
+    assert dbias is None  # no bias given
+    return (backend.to_numpy(out), *_host(dq, dk, dv))
+
+
+@pytest.fixture(params=["reference", "blocked"])
+def attention(request):
+    """The reference op, and the blocked kernel with causal blocks of one query (every block boundary reached)."""
+    if request.param == "reference":
+        return _attention
+    kernel = KERNELS["scaled_dot_product_attention.blocked"]
+    kernel = kernel.configured(**kernel.test_settings)
+    return lambda *args, **kwargs: _attention(*args, forward=kernel.forward, backward=kernel.backward, **kwargs)
 
 
 def _torch_attention(q, k, v, dout, allowed=None, is_causal=False, scale=None):
@@ -60,61 +74,82 @@ def _assert_all_close(ours, theirs, tol=1e-10):
 
 
 @pytest.mark.parametrize("tq, tk", [(4, 4), (3, 5), (5, 2)])
-def test_no_mask_matches_torch(backend_name, rng, tq, tk):
+def test_no_mask_matches_torch(backend_name, rng, tq, tk, attention):
     q, k, v, dout = _qkv(rng, tq=tq, tk=tk)
-    _assert_all_close(_attention(q, k, v, dout=dout), _torch_attention(q, k, v, dout))
+    _assert_all_close(attention(q, k, v, dout=dout), _torch_attention(q, k, v, dout))
 
 
-def test_bool_mask_matches_torch_with_inverted_mask(backend_name, rng):
+def test_bool_mask_matches_torch_with_inverted_mask(backend_name, rng, attention):
     q, k, v, dout = _qkv(rng)
     mask = rng.random(size=(4, 5)) < 0.4  # ours: True = masked out
     mask[:, 0] = False  # keep one key per row: no fully masked row here
-    _assert_all_close(_attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=~mask))
+    _assert_all_close(attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=~mask))
 
 
-def test_key_padding_mask_broadcasts_over_queries(backend_name, rng):
+def test_key_padding_mask_broadcasts_over_queries(backend_name, rng, attention):
     q, k, v, dout = _qkv(rng)
     padding = np.array([[False, False, False, True, True], [False, True, False, False, False]])  # (B, Tk)
     mask = padding[:, None, None, :]  # (B, 1, 1, Tk)
-    _assert_all_close(_attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=~mask))
+    _assert_all_close(attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=~mask))
 
 
-def test_additive_mask_matches_torch(backend_name, rng):
+def test_additive_mask_matches_torch(backend_name, rng, attention):
     q, k, v, dout = _qkv(rng)
     mask = rng.normal(size=(3, 4, 5))  # broadcasts over the batch axis
     mask[rng.random(size=mask.shape) < 0.3] = -np.inf
     mask[..., 1] = 0.5  # one finite key per row
-    _assert_all_close(_attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=mask))
+    _assert_all_close(attention(q, k, v, mask, dout=dout), _torch_attention(q, k, v, dout, allowed=mask))
 
 
 @pytest.mark.parametrize("tq, tk", [(4, 4), (3, 5), (5, 3)])
-def test_causal_matches_torch_top_left_aligned(backend_name, rng, tq, tk, causal_blocks):
+def test_causal_matches_torch_top_left_aligned(backend_name, rng, tq, tk, attention):
     q, k, v, dout = _qkv(rng, tq=tq, tk=tk)
-    _assert_all_close(_attention(q, k, v, dout=dout, is_causal=True), _torch_attention(q, k, v, dout, is_causal=True))
+    _assert_all_close(attention(q, k, v, dout=dout, is_causal=True), _torch_attention(q, k, v, dout, is_causal=True))
 
 
-def test_causal_and_bool_mask_combine(backend_name, rng, causal_blocks):
+def test_causal_and_bool_mask_combine(backend_name, rng, attention):
     # torch refuses is_causal together with attn_mask; we apply both, which equals
     # torch with the union of the two masks.
     q, k, v, dout = _qkv(rng, tq=5, tk=5)
     mask = rng.random(size=(5, 5)) < 0.3
     mask[:, 0] = False
     causal = np.triu(np.ones((5, 5), dtype=bool), k=1)
-    ours = _attention(q, k, v, mask, dout=dout, is_causal=True)
+    ours = attention(q, k, v, mask, dout=dout, is_causal=True)
     _assert_all_close(ours, _torch_attention(q, k, v, dout, allowed=~(mask | causal)))
 
 
-def test_causal_and_additive_mask_combine(backend_name, rng, causal_blocks):
+def test_causal_and_additive_mask_combine(backend_name, rng, attention):
     q, k, v, dout = _qkv(rng, tq=4, tk=4)
     mask = rng.normal(size=(4, 4))
     causal = np.triu(np.ones((4, 4), dtype=bool), k=1)
-    ours = _attention(q, k, v, mask, dout=dout, is_causal=True)
+    ours = attention(q, k, v, mask, dout=dout, is_causal=True)
     _assert_all_close(ours, _torch_attention(q, k, v, dout, allowed=np.where(causal, -np.inf, mask)))
 
 
-def test_explicit_scale_matches_torch(backend_name, rng):
+def test_explicit_scale_matches_torch(backend_name, rng, attention):
     q, k, v, dout = _qkv(rng)
-    _assert_all_close(_attention(q, k, v, dout=dout, scale=0.3), _torch_attention(q, k, v, dout, scale=0.3))
+    _assert_all_close(attention(q, k, v, dout=dout, scale=0.3), _torch_attention(q, k, v, dout, scale=0.3))
+
+
+@pytest.mark.parametrize("impl", ["reference", "blocked"])
+@pytest.mark.parametrize("bias_shape", [(3, 4, 5), (4, 5), (2, 1, 1, 5)], ids=["per-head", "shared", "per-key"])
+def test_bias_and_its_gradient_match_torch_float_mask_gradient(backend_name, rng, impl, bias_shape):
+    # torch differentiates a float attn_mask: the same thing as our learned bias.
+    torch = pytest.importorskip("torch")
+    q, k, v, dout = _qkv(rng)
+    bias = rng.normal(size=bias_shape)
+    kernel = KERNELS["scaled_dot_product_attention.blocked"].configured(causal_block=1)
+    forward, backward = ((scaled_dot_product_attention_forward, scaled_dot_product_attention_backward)
+                         if impl == "reference" else (kernel.forward, kernel.backward))
+    out, ctx = forward(*_dev(q, k, v), is_causal=True, bias=backend.asarray(bias))
+    grads = _host(*backward(backend.asarray(dout), ctx))
+    tq, tk, tv, tb = (torch.tensor(a, requires_grad=True) for a in (q, k, v, bias))
+    causal = torch.triu(torch.full((4, 5), float("-inf"), dtype=torch.float64), diagonal=1)
+    ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tb + causal)
+    ref.backward(torch.tensor(dout))
+    theirs = [t.detach().numpy() for t in (ref, tq.grad, tk.grad, tv.grad, tb.grad)]
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dbias"), [backend.to_numpy(out)] + grads, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 def test_default_scale_is_one_over_sqrt_head_dim(rng):
@@ -224,10 +259,10 @@ def test_dropout_backward_only_through_kept_weights(backend_name, rng):
     assert 0 < kept.mean() < 1
     np.testing.assert_allclose(weights[kept], probs[kept] / 0.5, rtol=1e-15)
     dout = rng.normal(size=(b, t, t))
-    _, _, dv = _host(*scaled_dot_product_attention_backward(backend.asarray(dout), ctx))
+    _, _, dv = _host(*scaled_dot_product_attention_backward(backend.asarray(dout), ctx)[:3])
     np.testing.assert_allclose(dv, np.swapaxes(weights, -1, -2) @ dout, rtol=1e-12, atol=1e-15)
     # A dropped weight passes no gradient: with dout zero wherever a weight was kept, dq and dk vanish.
-    dq, dk, _ = _host(*scaled_dot_product_attention_backward(backend.asarray(np.where(kept, 0.0, dout)), ctx))
+    dq, dk, _ = _host(*scaled_dot_product_attention_backward(backend.asarray(np.where(kept, 0.0, dout)), ctx)[:3])
     assert np.all(dq == 0) and np.all(dk == 0)
 
 
@@ -253,6 +288,8 @@ def _f64(*shape):
         ((_f64(2, 3), _f64(4, 3), _f64(4, 3), np.zeros((2, 4), np.int64)), {}, TypeError, "attn_mask must be bool"),
         ((_f64(2, 3), _f64(4, 3), _f64(4, 3), np.zeros((2, 4), np.float32)), {}, TypeError, "attn_mask .* float32"),
         ((_f64(2, 3), _f64(4, 3), _f64(4, 3)), {"dropout_p": 1.0}, ValueError, "dropout_p"),
+        ((_f64(2, 3), _f64(4, 3), _f64(4, 3)), {"bias": np.zeros((2, 4), np.float32)}, TypeError, "bias must be float64"),
+        ((_f64(2, 3), _f64(4, 3), _f64(4, 3)), {"bias": _f64(3, 4)}, ValueError, r"bias of shape \(3, 4\) does not"),
     ],
 )
 def test_attention_rejects_bad_input(args, kwargs, error, match):
@@ -367,11 +404,12 @@ def test_positional_rejects_bad_input(call, error, match):
         call()
 
 
-def test_blocked_causal_probs_are_the_full_matrix_with_zeros_above_the_diagonal(rng, causal_blocks):
+def test_blocked_causal_probs_are_the_full_matrix_with_zeros_above_the_diagonal(rng):
     q, k, v, _ = _qkv(rng, tq=5, tk=5)
-    _, ctx = _attention(q, k, v, is_causal=True)
+    kernel = KERNELS["scaled_dot_product_attention.blocked"].configured(causal_block=1)
+    _, ctx = kernel.forward(*_dev(q, k, v), is_causal=True)
+    assert len(ctx.blocks) == 5
     probs = backend.to_numpy(ctx.probs)
-    assert len(ctx.blocks) == (5 if causal_blocks == "blocked" else 1)
     s = np.einsum("bhqd,bhkd->bhqk", q, k) / 2.0
     s[..., np.triu(np.ones((5, 5), dtype=bool), k=1)] = -np.inf
     expected = np.exp(s - s.max(-1, keepdims=True))

@@ -189,7 +189,7 @@ def test_char_batch_targets_are_inputs_shifted_by_one():
 
 
 def test_char_split_and_validation_loss_match_a_direct_computation():
-    from nptransformer.char_gpt import split_text, validation_loss
+    from nptransformer.apps.train_char import split_text, validation_loss
 
     text = "to be or not to be, that is the question. " * 5
     tokenizer, train_ids, val_ids = split_text(text)

@@ -10,7 +10,7 @@ gradient check.
 """
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
-from .attention import AttentionBlock, AttentionContext, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
+from .attention import AttentionContext, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
 from .linear import add_backward, add_forward, linear_backward, linear_forward, matmul_backward, matmul_forward
@@ -23,5 +23,5 @@ from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
-    "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext", "AttentionBlock",
+    "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext",
 ]

@@ -19,15 +19,14 @@ from typing import Any
 
 from .. import _checks
 from ..backend import erf, get_array_module
-from ..grad_mode import is_grad_enabled
-from ._blocks import rowwise
 from ..registry import Case, register_op
 
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_GELU_CUBIC = 0.044715  # GPT-2's coefficient of x^3 inside the tanh
 GELU_APPROXIMATIONS = ("none", "tanh")
+#: GPT-2's coefficient of x^3 inside the tanh of the approximate GELU.
+GELU_CUBIC = 0.044715
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def relu_forward(x: Any) -> tuple[Any, tuple]:
@@ -38,8 +37,8 @@ def relu_forward(x: Any) -> tuple[Any, tuple]:
     updates y in place (``y += residual``).
     """
     _checks.check_float("x", x)
-    y, mask = _relu_and_mask(x)
-    return y, (mask,)
+    mask = x > 0
+    return get_array_module(x).where(mask, x, 0.0), (mask,)
 
 
 def relu_backward(dy: Any, ctx: tuple) -> Any:
@@ -47,7 +46,14 @@ def relu_backward(dy: Any, ctx: tuple) -> Any:
 
     Derivation: docs/ops/activations.md."""
     (mask,) = ctx
-    return _relu_grad(dy, mask)
+    return get_array_module(dy).where(mask, dy, 0.0)  # forward: y = x where x > 0, else 0
+
+
+def check_gelu_inputs(x: Any, approximate: str) -> None:
+    """The argument checks of :func:`gelu_forward`, shared with its kernel."""
+    _checks.check_float("x", x)
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
 
 
 def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, tuple]:
@@ -55,120 +61,45 @@ def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, tuple]:
 
     ``approximate="none"``: Phi(x) = (1 + erf(x / sqrt 2)) / 2, exact.
     ``approximate="tanh"``: Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2,
-    the form GPT-2 was trained with. Saves the slope gelu'(x) (same shape):
-    it shares its costly part (the erf or the tanh) with y, so computing it
-    here and not again in the backward saves that part. Under
-    :func:`~nptransformer.no_grad` only y is computed and nothing is saved.
+    the form GPT-2 was trained with. Saves x: gelu'(x) is a function of x
+    alone, and y would not do (GELU is not monotonic, so two inputs can
+    share an output but not a slope).
     """
-    _checks.check_float("x", x)
-    if approximate not in GELU_APPROXIMATIONS:
-        raise ValueError(f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
-    flat = _flat(x)
-    if not is_grad_enabled():
-        value = _gelu_tanh if approximate == "tanh" else _gelu_exact
-        return _unflat(rowwise(value, flat), x), (None,)
-    y, slope = rowwise(_gelu_tanh_and_slope if approximate == "tanh" else _gelu_exact_and_slope, flat)
-    return _unflat(y, x), (_unflat(slope, x),)
+    check_gelu_inputs(x, approximate)
+    if approximate == "tanh":
+        y = 0.5 * x * (1.0 + _tanh_inner(x))
+    else:
+        y = x * _normal_cdf(x)
+    return y, (x, approximate)
 
 
 def gelu_backward(dy: Any, ctx: tuple) -> Any:
-    """dx = dy * gelu'(x), the slope the forward saved:
+    """dx = dy * gelu'(x):
 
     exact: gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
     tanh:  gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),
            t = tanh(sqrt(2/pi) (x + 0.044715 x^3)).
     Derivation: docs/ops/activations.md.
     """
-    (slope,) = ctx
-    if slope is None:
-        raise RuntimeError("gelu_backward: the forward ran under no_grad and saved nothing to differentiate")
-    return _unflat(rowwise(_times, _flat(dy), _flat(slope)), slope)
-
-
-def _flat(a: Any) -> Any:
-    return get_array_module(a).reshape(a, (-1,))
-
-
-def _unflat(flat: Any, like: Any) -> Any:
-    return get_array_module(flat).reshape(flat, tuple(like.shape))
-
-
-def _tanh_of_u(x: Any, x2: Any) -> Any:
-    """t = tanh(u) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x (c + c a x^2) from x2 = x^2."""
-    u = x2 * (_SQRT_2_OVER_PI * _GELU_CUBIC)
-    u += _SQRT_2_OVER_PI
-    u *= x
-    return get_array_module(x).tanh(u)
-
-
-# The GELU bodies below work on one block of a flattened array (see _blocks.rowwise)
-# and update their own temporaries in place: 16 passes for y and the slope together,
-# against 9 + 21 for the textbook expressions of y and of the backward.
-def _gelu_tanh(x: Any) -> Any:
-    t = _tanh_of_u(x, x * x)
-    t += 1.0
-    t *= x
-    t *= 0.5  # y = x (1 + t) / 2
-    return t
-
-
-def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
-    # gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) du/dx, and 1 - t^2 = (1 - t)(1 + t), so
-    # gelu'(x) = (1 + t)/2 * (1 + x du/dx (1 - t)),  du/dx = c (1 + 3 a x^2).
-    x2 = x * x
-    t = _tanh_of_u(x, x2)
-    slope = x2 * (3.0 * _SQRT_2_OVER_PI * _GELU_CUBIC)
-    slope += _SQRT_2_OVER_PI
-    slope *= x  # x du/dx
-    slope *= 1.0 - t
-    slope += 1.0
-    t += 1.0
-    slope *= t
-    slope *= 0.5
-    t *= x
-    t *= 0.5  # y = x (1 + t) / 2
-    return t, slope
-
-
-def _gelu_exact(x: Any) -> Any:
-    return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
-
-
-def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
-    xp = get_array_module(x)
-    cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
-    slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
-    slope *= x
-    slope += cdf  # Phi(x) + x phi(x)
-    cdf *= x  # y = x Phi(x)
-    return cdf, slope
-
-
-def _relu_and_mask(x: Any) -> tuple[Any, Any]:
-    mask = x > 0
-    return get_array_module(x).where(mask, x, 0.0), mask
-
-
-def _relu_grad(dy: Any, mask: Any) -> Any:
-    return get_array_module(dy).where(mask, dy, 0.0)
-
-
-def _times(dy: Any, slope: Any) -> Any:
+    x, approximate = ctx
+    if approximate == "tanh":
+        t = _tanh_inner(x)
+        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)  # forward: u = sqrt(2/pi) (x + 0.044715 x^3)
+        slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du  # forward: y = x (1 + tanh(u)) / 2
+    else:
+        phi = _INV_SQRT_2PI * get_array_module(x).exp(-0.5 * x * x)  # the normal density, Phi' = phi
+        slope = _normal_cdf(x) + x * phi  # forward: y = x Phi(x)
     return dy * slope
 
 
-def _relu(x: Any) -> Any:
-    return _relu_and_mask(x)[0]
+def _normal_cdf(x: Any) -> Any:
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    return 0.5 * (1.0 + erf(x * _SQRT_HALF))
 
 
-#: The activations as block functions for ops that apply them to blocks of rows of their own
-#: (functional.linear_activation): name -> (value(x), value_and_saved(x) -> (y, saved),
-#: grad(dy, saved) -> dx). What is saved is what the ops above save: ReLU's mask, GELU's slope.
-BLOCKS = {
-    "relu": (_relu, _relu_and_mask, _relu_grad),
-    "gelu": (_gelu_exact, _gelu_exact_and_slope, _times),
-    "gelu_tanh": (_gelu_tanh, _gelu_tanh_and_slope, _times),
-}
+def _tanh_inner(x: Any) -> Any:
+    """t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), the tanh GELU's stand-in for 2 Phi(x) - 1."""
+    return get_array_module(x).tanh(_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x))
 
 
 def _relu_example(rng: Any) -> Case:

@@ -19,7 +19,6 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
-from ._blocks import column_sums, matmul
 from ..registry import Case, register_op
 
 
@@ -27,13 +26,15 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
     """y = x W^T + b.
 
     Shapes: x (..., C_in), weight (C_out, C_in) (PyTorch's layout), bias
-    (C_out,) or None -> y (..., C_out). Saves x and weight.
+    (C_out,) or None -> y (..., C_out). Saves x and weight (the backward's
+    two products need them) and whether there was a bias.
     """
     check_linear_inputs(x, weight, bias)
     xp = get_array_module(x, weight, bias)
-    # One (N, C_in) @ (C_in, C_out) GEMM over all leading axes folded together: a stacked
-    # (B, T, C_in) @ (C_in, C_out) would be B smaller GEMMs.
-    y = matmul(xp.reshape(x, (-1, x.shape[-1])), xp.matrix_transpose(weight), bias)
+    x2 = xp.reshape(x, (-1, x.shape[-1]))  # every leading axis folded into rows: (N, C_in)
+    y = x2 @ xp.matrix_transpose(weight)  # (N, C_in) @ (C_in, C_out) -> (N, C_out)
+    if bias is not None:
+        y = y + bias
     return xp.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],)), (x, weight, bias is not None)
 
 
@@ -55,20 +56,21 @@ def linear_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     """Gradients of y = x W^T + b: returns (dx, dweight, dbias or None).
 
     dx = dy W,  dW = dy^T x (summed over all leading axes),  db = sum(dy).
+    Shapes: dy (..., C_out) -> dx (..., C_in), dweight (C_out, C_in), dbias (C_out,).
     Derivation: docs/ops/linear.md.
     """
     x, weight, has_bias = ctx
     xp = get_array_module(dy)
     c_out, c_in = weight.shape
-    dy2 = xp.reshape(dy, (-1, c_out))  # fold batch axes: (N, C_out)
-    x2 = xp.reshape(x, (-1, c_in))
-    dx = xp.reshape(matmul(dy2, weight), tuple(x.shape))  # forward: y = x W^T, so dx = dy W
-    dweight = matmul(xp.matrix_transpose(dy2), x2)  # (C_out, N) @ (N, C_in)
-    dbias = column_sums(dy2) if has_bias else None
-    return dx, dweight, dbias
+    dy2 = xp.reshape(dy, (-1, c_out))  # rows as in the forward: (N, C_out)
+    x2 = xp.reshape(x, (-1, c_in))  # (N, C_in)
+    dx = dy2 @ weight  # forward: y = x W^T, so dx = dy W; (N, C_out) @ (C_out, C_in) -> (N, C_in)
+    dweight = xp.matrix_transpose(dy2) @ x2  # forward: y = x W^T, so dW = dy^T x (a sum over rows); (C_out, C_in)
+    dbias = xp.sum(dy2, axis=0) if has_bias else None  # forward: + b on every row, so db = dy summed over rows
+    return xp.reshape(dx, tuple(x.shape)), dweight, dbias
 
 
-def _sum_to_shape(g: Any, shape: tuple) -> Any:
+def sum_to_shape(g: Any, shape: tuple) -> Any:
     """Undo broadcasting: sum g over the axes that were broadcast to reach g.shape."""
     xp = get_array_module(g)
     extra = g.ndim - len(shape)
@@ -103,9 +105,10 @@ def matmul_backward(dc: Any, ctx: tuple) -> tuple[Any, Any]:
     Derivation: docs/ops/linear.md."""
     a, b = ctx
     xp = get_array_module(dc)
-    da = dc @ xp.matrix_transpose(b)
-    db = xp.matrix_transpose(a) @ dc
-    return _sum_to_shape(da, tuple(a.shape)), _sum_to_shape(db, tuple(b.shape))
+    da = dc @ xp.matrix_transpose(b)  # forward: c = a @ b, so da = dc b^T; (..., N, M) @ (..., M, K)
+    db = xp.matrix_transpose(a) @ dc  # forward: c = a @ b, so db = a^T dc; (..., K, N) @ (..., N, M)
+    # forward: a and b were broadcast to a common batch shape, so sum over their copies
+    return sum_to_shape(da, tuple(a.shape)), sum_to_shape(db, tuple(b.shape))
 
 
 def add_forward(a: Any, b: Any) -> tuple[Any, tuple]:
@@ -122,7 +125,8 @@ def add_backward(dc: Any, ctx: tuple) -> tuple[Any, Any]:
 
     Derivation: docs/ops/linear.md (broadcasting)."""
     a_shape, b_shape = ctx
-    return _sum_to_shape(dc, a_shape), _sum_to_shape(dc, b_shape)
+    # forward: c = a + b after broadcasting both to c's shape, so each gets dc summed over its copies
+    return sum_to_shape(dc, a_shape), sum_to_shape(dc, b_shape)
 
 
 def _linear_example(rng: Any) -> Case:

@@ -18,11 +18,32 @@ from typing import Any
 
 from .. import _checks
 from ..backend import arange, dtype_of, get_array_module
-from ._blocks import over_last_axis, row_sums
 from ..registry import Case, register_op
-from .softmax import normalized_exp
+from .softmax import log_softmax_forward
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_cross_entropy_inputs(logits: Any, target: Any, ignore_index: int, label_smoothing: float,
+                               reduction: str) -> Any:
+    """The argument checks of :func:`cross_entropy_forward`, shared with its kernel; returns target as int64."""
+    _checks.check_float("logits", logits)
+    _checks.check_ndim("logits", logits, range(1, 33))
+    _checks.check_int("target", target)
+    if tuple(target.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"target must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis, "
+            f"logits is {tuple(logits.shape)}), got {tuple(target.shape)}"
+        )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    _checks.check_probability("label_smoothing", label_smoothing, allow_one=True)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    xp = get_array_module(logits, target)
+    target = xp.astype(target, dtype_of(xp, "int64"))  # uint8 ids cannot even be compared with -100
+    _checks.check_token_ids("target", target, logits.shape[-1], "class ids", ignore_index=ignore_index)
+    return target
 
 
 def cross_entropy_forward(
@@ -40,41 +61,19 @@ def cross_entropy_forward(
     Equals ``torch.nn.functional.cross_entropy(logits.reshape(-1, C),
     target.reshape(-1), ...)``, except that a "mean" over a batch whose tokens
     are all ignored is 0 with zero gradient here, where PyTorch gives nan.
-    Saves softmax(logits), the target ids and the mask of counted tokens.
+    Saves the log-probabilities (the backward needs softmax = exp(logp)),
+    the target ids and the mask of counted tokens.
     """
-    _checks.check_float("logits", logits)
-    _checks.check_ndim("logits", logits, range(1, 33))
-    _checks.check_int("target", target)
-    if tuple(target.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(
-            f"target must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis, "
-            f"logits is {tuple(logits.shape)}), got {tuple(target.shape)}"
-        )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    _checks.check_probability("label_smoothing", label_smoothing, allow_one=True)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    num_classes = logits.shape[-1]
+    target = check_cross_entropy_inputs(logits, target, ignore_index, label_smoothing, reduction)
     xp = get_array_module(logits, target)
-    target = xp.astype(target, dtype_of(xp, "int64"))  # uint8 ids cannot even be compared with -100
-    _checks.check_token_ids("target", target, num_classes, "class ids", ignore_index=ignore_index)
-
-    column = tuple(target.shape) + (1,)  # (...) -> (..., 1): a row-aligned column of ids
+    logp, _ = log_softmax_forward(logits, axis=-1)  # (..., C)
     valid = target != ignore_index  # (...)
-    safe = xp.where(valid, target, 0)  # any in-range id; its term is masked out below
-    probs, per_token = over_last_axis(lambda z, t: _token_losses(z, t, label_smoothing), logits,
-                                      xp.reshape(safe, column))
-    per_token = xp.where(valid, per_token[..., 0], 0.0)
-    if reduction == "none":
-        loss, count = per_token, None
-    elif reduction == "sum":
-        loss, count = xp.sum(per_token), None
-    else:
-        # max(count, 1): with every token ignored the sum is 0, so the mean is 0, not 0/0
-        count = xp.maximum(xp.sum(xp.astype(valid, logits.dtype)), 1.0)
-        loss = xp.sum(per_token) / count
-    return loss, (probs, safe, valid, count, label_smoothing, reduction)
+    safe = xp.where(valid, target, 0)  # any in-range id: the ignored tokens' terms are dropped below
+    nll = -xp.take_along_axis(logp, xp.expand_dims(safe, axis=-1), axis=-1)[..., 0]  # -logp[target]: (...)
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * xp.mean(logp, axis=-1)
+    loss, count = reduce_token_losses(xp.where(valid, nll, 0.0), valid, reduction)
+    return loss, (logp, safe, valid, count, label_smoothing, reduction)
 
 
 def cross_entropy_backward(dloss: Any, ctx: tuple) -> Any:
@@ -85,48 +84,39 @@ def cross_entropy_backward(dloss: Any, ctx: tuple) -> Any:
     float for "mean"/"sum", an array of the target's shape for "none".
     Derivation: docs/ops/cross_entropy.md.
     """
-    probs, safe, valid, count, smoothing, reduction = ctx
-    xp = get_array_module(probs)
-    column = tuple(valid.shape) + (1,)  # (...) -> (..., 1): row-aligned, to broadcast over the classes
-    rows = (probs, xp.reshape(safe, column), xp.reshape(valid, column))
+    logp, safe, valid, count, smoothing, reduction = ctx
+    xp = get_array_module(logp)
+    num_classes = logp.shape[-1]
+    scale = token_dloss(dloss, valid, count, reduction)  # forward: loss = sum(per_token) [/ count]
+    onehot = xp.astype(xp.expand_dims(safe, axis=-1) == arange(num_classes, like=safe), logp.dtype)  # (..., C)
+    q = (1 - smoothing) * onehot + smoothing / num_classes  # forward: per_token = -sum_c q_c logp_c
+    dlogits = (xp.exp(logp) - q) * scale  # forward: logp = log_softmax(logits), and sum_c q_c = 1
+    return xp.where(xp.expand_dims(valid, axis=-1), dlogits, 0.0)  # forward: per_token = 0 where ignored
+
+
+def reduce_token_losses(per_token: Any, valid: Any, reduction: str) -> tuple[Any, Any]:
+    """The per-token losses (...) (0 where ignored) -> (loss, count): count is max(N_valid, 1) for "mean", else None."""
+    xp = get_array_module(per_token)
     if reduction == "none":
-        if not hasattr(dloss, "shape") or tuple(dloss.shape) != tuple(valid.shape):
-            raise ValueError(
-                f"dloss must be an array of shape {tuple(valid.shape)} for reduction='none', "
-                f"got {getattr(dloss, 'shape', type(dloss).__name__)}"
-            )
-        return over_last_axis(lambda p, t, v, f: _logit_grads(p, t, v, f, smoothing), *rows, xp.reshape(dloss, column))
-    scale = dloss if count is None else dloss / count  # forward: loss = sum(per_token) [/ count]
-    return over_last_axis(lambda p, t, v: _logit_grads(p, t, v, scale, smoothing), *rows)
+        return per_token, None
+    if reduction == "sum":
+        return xp.sum(per_token), None
+    # max(count, 1): with every token ignored the sum is 0, so the mean is 0, not 0/0
+    count = xp.maximum(xp.sum(xp.astype(valid, per_token.dtype)), 1.0)
+    return xp.sum(per_token) / count, count
 
 
-def _token_losses(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]:
-    """Rows of logits (r, C) and target ids (r, 1) -> (softmax (r, C), loss per row (r, 1)).
-
-    With logp = z - log_s (z = logits - max), logp[t] and mean(logp) are read
-    off z directly, so the (r, C) log-probabilities are never formed.
-    """
-    xp = get_array_module(logits)
-    z, log_s, probs = normalized_exp(logits, axis=-1)
-    nll = log_s - xp.take_along_axis(z, target, axis=-1)
-    if smoothing:
-        nll = (1 - smoothing) * nll + smoothing * (log_s - row_sums(z) / z.shape[-1])
-    return probs, nll
-
-
-def _logit_grads(probs: Any, target: Any, valid: Any, scale: Any, smoothing: float) -> Any:
-    """(softmax - ((1 - s) onehot(target) + s / C)) * scale on rows (r, C), exactly 0 where not valid.
-
-    target and valid are (r, 1); scale is a number or (r, 1). The one-hot
-    matrix exists only for this block of rows.
-    """
-    xp = get_array_module(probs)
-    classes = arange(probs.shape[-1], like=target)
-    q = xp.astype(target == classes, probs.dtype)  # the target distribution, built in place
-    if smoothing:
-        q *= 1 - smoothing
-        q += smoothing / probs.shape[-1]
-    return xp.where(valid, (probs - q) * scale, 0.0)
+def token_dloss(dloss: Any, valid: Any, count: Any, reduction: str) -> Any:
+    """The loss's gradient per token: a number, or for "none" dloss as an (..., 1) column (checked against valid's shape;
+    a number will do for a single token's 0-d loss)."""
+    if reduction == "none" and tuple(getattr(dloss, "shape", ())) != tuple(valid.shape):
+        raise ValueError(
+            f"dloss must be an array of shape {tuple(valid.shape)} for reduction='none', "
+            f"got {getattr(dloss, 'shape', type(dloss).__name__)}"
+        )
+    if reduction == "none":
+        return get_array_module(valid).expand_dims(dloss, axis=-1) if hasattr(dloss, "shape") else dloss
+    return dloss if count is None else dloss / count
 
 
 def _example(rng: Any) -> Case:

@@ -18,11 +18,11 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
-from ._blocks import column_sums, over_last_axis, row_sums
 from ..registry import Case, register_op
 
 
-def _check_inputs(x: Any, weight: Any, bias: Any, eps: Any) -> None:
+def check_norm_inputs(x: Any, weight: Any, bias: Any, eps: Any) -> None:
+    """The argument checks of layer norm (and, with ``bias=None``, RMS norm), shared with their kernels."""
     _checks.check_float("x", x)
     _checks.check_ndim("x", x, range(1, 33))
     for name, p in (("weight", weight), ("bias", bias)):
@@ -46,23 +46,15 @@ def layer_norm_forward(x: Any, weight: Any = None, bias: Any = None, eps: float 
     normalised x, needed for dweight and dx alike), rstd = 1/sqrt(var + eps)
     of shape (..., 1), and weight.
     """
-    _check_inputs(x, weight, bias, eps)
-    y, xhat, rstd = over_last_axis(lambda rows: _layer_norm_rows(rows, weight, bias, eps), x)
-    return y, (xhat, rstd, weight, bias is not None)
-
-
-def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+    check_norm_inputs(x, weight, bias, eps)
     xp = get_array_module(x)
-    n = x.shape[-1]
-    xc = x - row_sums(x) / n
-    rstd = 1.0 / xp.sqrt(row_sums(xc * xc) / n + eps)  # (..., 1)
-    xc *= rstd  # now xhat
-    if weight is None:
-        return (xc if bias is None else xc + bias), xc, rstd
-    y = xc * weight
+    xc = x - xp.mean(x, axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = xc * rstd
+    y = xhat if weight is None else xhat * weight
     if bias is not None:
-        y += bias
-    return y, xc, rstd
+        y = y + bias
+    return y, (xhat, rstd, weight, bias is not None)
 
 
 def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
@@ -73,21 +65,14 @@ def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     Derivation: docs/ops/normalization.md.
     """
     xhat, rstd, weight, has_bias = ctx
-    dx = over_last_axis(lambda d, xh, r: _layer_norm_grad_rows(d, xh, r, weight), dy, xhat, rstd)
-    dweight = None if weight is None else column_sums(dy * xhat)
-    dbias = column_sums(dy) if has_bias else None
+    xp = get_array_module(dy, xhat)
+    g = dy if weight is None else dy * weight  # forward: y = xhat * weight + bias
+    mean_g = xp.mean(g, axis=-1, keepdims=True)  # forward: xc = x - mean(x)
+    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: xhat = xc * rstd, rstd = 1/std(x)
+    dx = rstd * (g - mean_g - xhat * mean_gx)
+    dweight = None if weight is None else _sum_rows(dy * xhat)  # forward: y = xhat * weight, in every row
+    dbias = _sum_rows(dy) if has_bias else None  # forward: y = ... + bias, in every row
     return dx, dweight, dbias
-
-
-def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
-    n = dy.shape[-1]
-    g = dy if weight is None else dy * weight  # forward: y = xhat * weight
-    mean_g = row_sums(g) / n  # undoes the centring x - mean(x)
-    mean_gx = row_sums(g * xhat) / n  # undoes the division by the std
-    dx = g - mean_g  # a fresh array even when g is dy
-    dx -= xhat * mean_gx
-    dx *= rstd
-    return dx
 
 
 def rms_norm_forward(x: Any, weight: Any = None, eps: float | None = None) -> tuple[Any, tuple]:
@@ -97,11 +82,11 @@ def rms_norm_forward(x: Any, weight: Any = None, eps: float | None = None) -> tu
     the machine epsilon of x's dtype, as ``torch.nn.functional.rms_norm``.
     Saves xhat = x * rstd, rstd (..., 1) and weight.
     """
-    _check_inputs(x, weight, None, eps)
-    xp = get_array_module(x, weight)
+    check_norm_inputs(x, weight, None, eps)
+    xp = get_array_module(x)
     if eps is None:
         eps = float(xp.finfo(x.dtype).eps)
-    rstd = 1.0 / xp.sqrt(row_sums(x * x) / x.shape[-1] + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
     xhat = x * rstd
     y = xhat if weight is None else xhat * weight
     return y, (xhat, rstd, weight)
@@ -114,10 +99,18 @@ def rms_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any]:
     Derivation: docs/ops/normalization.md.
     """
     xhat, rstd, weight = ctx
-    g = dy if weight is None else dy * weight
-    dx = rstd * (g - xhat * (row_sums(g * xhat) / g.shape[-1]))
-    dweight = None if weight is None else column_sums(dy * xhat)
+    xp = get_array_module(dy, xhat)
+    g = dy if weight is None else dy * weight  # forward: y = xhat * weight
+    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: xhat = x * rstd, rstd = 1/rms(x)
+    dx = rstd * (g - xhat * mean_gx)
+    dweight = None if weight is None else _sum_rows(dy * xhat)  # forward: y = xhat * weight, in every row
     return dx, dweight
+
+
+def _sum_rows(a: Any) -> Any:
+    """Sum over every axis but the last: (..., C) -> (C,), how a parameter shared by all rows collects its gradient."""
+    xp = get_array_module(a)
+    return xp.sum(xp.reshape(a, (-1, a.shape[-1])), axis=0)
 
 
 def _layer_norm_example(rng: Any) -> Case:

@@ -15,52 +15,25 @@ from typing import Any
 
 from .. import _checks
 from ..backend import get_array_module
-from ._blocks import over_last_axis, row_sums
 from ..registry import Case, register_op
 
 
-def _shifted(x: Any, axis: int) -> Any:
-    """x - max(x): exp never overflows. A row that is all -inf is shifted by 0, not by -inf
-    (which would give nan); such a row stays all -inf."""
-    xp = get_array_module(x)
-    m = xp.max(x, axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)
-    return x - m
-
-
-def _check_axis(x: Any, axis: int) -> None:
+def check_softmax_inputs(x: Any, axis: int) -> None:
+    """The argument checks of softmax and log-softmax, shared with their kernels."""
     _checks.check_float("x", x)
     if not isinstance(axis, int) or not -x.ndim <= axis < max(x.ndim, 1):
         raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {axis!r}")
 
 
-def _along(fn: Any, axis: int, *arrays: Any) -> Any:
-    """fn(*arrays, axis): over blocks of rows when axis is the last one (the common case, see _blocks)."""
-    if axis in (-1, arrays[0].ndim - 1):
-        return over_last_axis(lambda *rows: fn(*rows, -1), *arrays)
-    return fn(*arrays, axis)
+def shift_by_max(x: Any, axis: int) -> Any:
+    """z = x - max(x) along ``axis``: every exponent is <= 0, so exp(z) never overflows.
 
-
-def _sums(x: Any, axis: int) -> Any:
-    """Sums along ``axis``, keepdims; the last axis (every call from _along) as a matrix-vector product."""
-    if axis in (-1, x.ndim - 1):
-        return row_sums(x)
-    return get_array_module(x).sum(x, axis=axis, keepdims=True)
-
-
-def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
-    """(z, log_s, p) for the rows of x along ``axis``: z = x - max(x), s = sum(exp(z)),
-    log_s = log(s) (keepdims), p = exp(z) / s = softmax(x). A row of -inf gives p = 0 and log_s = 0.
-
-    Shared by softmax, log-softmax and cross-entropy, which need different parts.
+    A row that is all -inf is shifted by 0, not by -inf (which would give
+    nan), and stays all -inf. Shapes: x (...) -> z (same).
     """
     xp = get_array_module(x)
-    z = _shifted(x, axis)
-    p = xp.exp(z)
-    s = _sums(p, axis)
-    s = xp.where(s > 0, s, 1.0)
-    p /= s
-    return z, xp.log(s), p
+    m = xp.max(x, axis=axis, keepdims=True)
+    return x - xp.where(xp.isfinite(m), m, 0.0)
 
 
 def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
@@ -69,28 +42,20 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     A row whose entries are all -inf gives zeros (not nan). Saves y only:
     the backward needs nothing else.
     """
-    _check_axis(x, axis)
-    y = _along(lambda rows, ax: normalized_exp(rows, ax)[2], axis, x)
+    check_softmax_inputs(x, axis)
+    xp = get_array_module(x)
+    e = xp.exp(shift_by_max(x, axis))
+    s = xp.sum(e, axis=axis, keepdims=True)  # in [1, n]; 0 for a row that is all -inf
+    y = e / xp.where(s > 0, s, 1.0)  # that row: 0 / 1, zeros
     return y, (y, axis)
-
-
-def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
-    g = dy * y
-    g -= y * _sums(g, axis)  # y dy - y sum(dy y) = y (dy - sum(dy y))
-    return g
 
 
 def softmax_backward(dy: Any, ctx: tuple) -> Any:
     """dx = y * (dy - sum(dy * y)) along the axis: the Jacobian diag(y) - y y^T applied
     to dy without forming it. Derivation: docs/ops/softmax.md."""
     y, axis = ctx
-    return _along(_softmax_grad, axis, dy, y)
-
-
-def _log_softmax(x: Any, axis: int) -> tuple[Any, Any]:
-    z, log_s, p = normalized_exp(x, axis)
-    z -= log_s
-    return z, p
+    xp = get_array_module(dy, y)
+    return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))  # forward: y = exp(x) / sum(exp(x))
 
 
 def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
@@ -100,15 +65,19 @@ def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     of magnitude 1e4. Entries that are -inf stay -inf. Saves softmax(x) =
     exp(y), which is all the backward needs.
     """
-    _check_axis(x, axis)
-    y, p = _along(_log_softmax, axis, x)
-    return y, (p, axis)
+    check_softmax_inputs(x, axis)
+    xp = get_array_module(x)
+    z = shift_by_max(x, axis)
+    s = xp.sum(xp.exp(z), axis=axis, keepdims=True)  # in [1, n]; 0 for a row that is all -inf
+    y = z - xp.log(xp.where(s > 0, s, 1.0))  # that row: -inf - 0, stays -inf
+    return y, (xp.exp(y), axis)
 
 
 def log_softmax_backward(dy: Any, ctx: tuple) -> Any:
     """dx = dy - softmax(x) * sum(dy) along the axis. Derivation: docs/ops/softmax.md."""
     p, axis = ctx
-    return _along(lambda g, q, ax: g - q * _sums(g, ax), axis, dy, p)
+    xp = get_array_module(dy, p)
+    return dy - p * xp.sum(dy, axis=axis, keepdims=True)  # forward: y = x - log(sum(exp(x)))
 
 
 def _example(rng: Any) -> Case:

@@ -1,6 +1,7 @@
 """Inference: KV cache, greedy / sampled generation for GPT, greedy and beam search for Seq2Seq.
 
-- :class:`KVCache` (:mod:`.cache`): keys and values of past positions, preallocated.
+- :mod:`.interface`: what a model offers to be decoded (encode, decode a step, a new cache).
+- :class:`KVCache` (:mod:`nptransformer.nn.kv_cache`): keys and values of past positions, preallocated.
 - :func:`generate` (:mod:`.decoder_only`): what ``GPT.generate`` runs.
 - :func:`next_tokens`, :func:`top_k_filter`, :func:`top_p_filter` (:mod:`.sampling`).
 - :func:`greedy_decode` (:mod:`.seq2seq`), :func:`beam_search` (:mod:`.beam`).
@@ -11,11 +12,12 @@ docs/generation.md explains the design and the measured speed.
 
 from .beam import Hypothesis, beam_search, gnmt_length_penalty
 from .benchmark import benchmark_generation
-from .cache import AttentionCache, KVCache, LayerCache
+from ..nn.kv_cache import AttentionCache, KVCache, LayerCache
 from .decoder_only import generate
+from .interface import DecoderOnlyLM, EncoderDecoderLM
 from .sampling import next_tokens, top_k_filter, top_p_filter
 from .seq2seq import Seq2SeqStepper, greedy_decode
 
 __all__ = ["AttentionCache", "KVCache", "LayerCache", "generate", "next_tokens", "top_k_filter", "top_p_filter",
            "greedy_decode", "beam_search", "Hypothesis", "gnmt_length_penalty", "Seq2SeqStepper",
-           "benchmark_generation"]
+           "benchmark_generation", "DecoderOnlyLM", "EncoderDecoderLM"]

@@ -19,7 +19,7 @@ def benchmark_generation(model: Any, batch_size: int = 1, prompt_len: int = 8, n
     (generated tokens, all rows, per second) and ``speedup``.
     """
     g = backend.Generator(seed)
-    with backend.use(backend.backend_of(model.wte.weight.data)):
+    with backend.use(backend.backend_of(model.parameters()[0].data)):
         prompt = g.integers(0, model.vocab_size, (batch_size, prompt_len))
     result = {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens}
     for name, use_cache in (("cache", True), ("no_cache", False)):

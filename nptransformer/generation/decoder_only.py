@@ -30,7 +30,6 @@ import numpy as np
 
 from .. import _checks, backend
 from ..backend import dtype_name, to_numpy
-from .cache import KVCache
 from .inference import inference
 from .sampling import check_sampling_args, next_tokens
 
@@ -40,6 +39,8 @@ def generate(model: Any, idx: Any, max_new_tokens: int, do_sample: bool = False,
              attention_mask: Any = None, crop: bool = False) -> Any:
     """Continue each prompt of idx (B, T) by ``max_new_tokens`` tokens -> (B, T + max_new_tokens) ids.
 
+    ``model``: a decoder-only model (:class:`~nptransformer.generation.DecoderOnlyLM`).
+
     - ``do_sample=False``: greedy (argmax); else sample with ``temperature``,
       ``top_k``, ``top_p`` (:func:`~nptransformer.generation.next_tokens`).
     - ``seed``: draws come from ``backend.Generator(seed)`` (default: the
@@ -48,7 +49,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int, do_sample: bool = False,
     - ``attention_mask`` (B, T), int or bool: 0 on left padding, 1 on real tokens.
     - ``crop``: a prompt longer than ``model.block_size``, or one that would
       grow past it, is an error unless ``crop=True``. Then the model sees
-      only the last block_size tokens (a sliding window). Once the window
+      only the last max_positions tokens (a sliding window). Once the window
       slides, the cache cannot help: the learned positions of every kept
       token shift by one each step, so every cached key is stale, and each
       step runs a full forward over the window, as nanoGPT does.
@@ -62,7 +63,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int, do_sample: bool = False,
     _checks.check_int_at_least("max_new_tokens", max_new_tokens, 0)
     check_sampling_args(do_sample, temperature, top_k, top_p)
     B, T = idx.shape
-    block = model.block_size
+    block = model.max_positions
     if not crop and T > block:
         raise ValueError(f"the prompt has {T} tokens but block_size is {block}; pass crop=True to keep the last "
                          f"{block}")
@@ -111,11 +112,11 @@ class _Stepper:
 
     def __init__(self, model: Any, use_cache: bool, capacity: int):
         self.model = model
-        self.cache = KVCache(model.n_layer, capacity) if use_cache else None
+        self.cache = model.new_cache(capacity) if use_cache else None
 
     def last_logits(self, tokens: np.ndarray, real: np.ndarray) -> np.ndarray:
         """tokens, real (B, t) host -> logits of position t (B, V) as float64 on the host."""
-        window = max(0, tokens.shape[1] - self.model.block_size)
+        window = max(0, tokens.shape[1] - self.model.max_positions)
         if window:
             self.cache = None  # the window slid: positions shifted, so cached keys are stale
         start = window if self.cache is None else self.cache.length
@@ -124,5 +125,5 @@ class _Stepper:
         if not seen.all():
             kwargs["attention_mask"] = backend.asarray(seen.astype(np.int64))
             kwargs["position_ids"] = backend.asarray(_positions(seen)[:, start - window:])
-        logits = self.model(backend.asarray(feed), cache=self.cache, **kwargs)  # (B, t_new, V)
+        logits = self.model.decode(backend.asarray(feed), cache=self.cache, **kwargs)  # (B, t_new, V)
         return to_numpy(logits[:, -1, :]).astype(np.float64)

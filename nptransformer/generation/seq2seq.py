@@ -2,7 +2,8 @@
 
 :class:`Seq2SeqStepper` holds what a decoding loop reuses across steps: the
 encoder memory, the source ids (for the cross-attention padding mask) and the
-decoder's :class:`~nptransformer.generation.KVCache`, whose cross-attention
+decoder's :class:`~nptransformer.generation.KVCache` (all through the model's decoding
+interface, :mod:`nptransformer.generation.interface`), whose cross-attention
 part is the memory projected into keys and values once. :func:`greedy_decode`
 and :func:`~nptransformer.generation.beam_search` drive it.
 
@@ -23,7 +24,6 @@ import numpy as np
 
 from .. import _checks, backend
 from ..backend import dtype_name, get_array_module, to_numpy
-from .cache import KVCache
 from .inference import check_token_id, inference
 
 
@@ -33,8 +33,8 @@ def check_decoding_args(model: Any, src: Any, max_len: int, bos_id: int, eos_id:
     if src.ndim != 2 or src.shape[1] < 1:
         raise ValueError(f"src must have shape (B, S) with S >= 1, got {tuple(src.shape)}")
     _checks.check_int_at_least("max_len", max_len, 1)
-    if max_len > model.tgt_embed.max_len:
-        raise ValueError(f"max_len {max_len} exceeds the model's max_len {model.tgt_embed.max_len} (its position "
+    if max_len > model.max_target_positions:
+        raise ValueError(f"max_len {max_len} exceeds the model's max_len {model.max_target_positions} (its position "
                          "table)")
     check_token_id("bos_id", bos_id, model.tgt_vocab_size)
     check_token_id("eos_id", eos_id, model.tgt_vocab_size)
@@ -52,8 +52,7 @@ class Seq2SeqStepper:
     def __init__(self, model: Any, src: Any, use_cache: bool, capacity: int):
         self.model, self.src = model, src
         self.memory = model.encode(src)  # (R, S, C), once per source
-        n_layers = len(model.transformer.decoder.layers)
-        self.cache = KVCache(n_layers, capacity, cross_attention=True) if use_cache else None
+        self.cache = model.new_cache(capacity) if use_cache else None
 
     def last_logits(self, tokens: np.ndarray) -> np.ndarray:
         """tokens (R, t) host ids, BOS first -> logits (R, V) for position t, float64 on the host."""

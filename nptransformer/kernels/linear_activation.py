@@ -1,1 +1,143 @@
-"""(being written)"""
+"""``linear_activation.fused``: the feed-forward's widening product and its activation, h never stored whole.
+
+A Transformer's feed-forward widens each token to 4C: h = x W^T + b is the
+widest activation inside a block, (B*T, 4C). Computed as two ops, h is
+written to memory by the product and read straight back by the activation.
+With :func:`nptransformer.set_num_threads` above 1 this kernel gives each
+thread a slab of rows, and each thread computes its slab's h block by block,
+applying the activation while the block is still in the cache: h is never
+stored whole, only y and what the activation's backward needs (ReLU's mask,
+GELU's slope), and one thread's product runs beside another's activation
+(NumPy releases the GIL inside BLAS). On one thread, with BLAS using its own
+threads, the product is one GEMM (BLAS wants it whole: 64-row blocks made
+its threads meet once per block, and the step slower) and the activation
+runs after it in cache-sized row blocks (:func:`._rows.rowwise`).
+
+The backward does the same with dh = dy * act'(h) when the work is split:
+each thread walks its slab in blocks of rows, and each block's dh goes
+straight into its rows of dx and into the slab's partial dW and db; the
+slabs' partials are summed in slab order.
+
+>>> import numpy as np
+>>> from nptransformer.functional import linear_activation_forward
+>>> kernel = FusedLinearActivation()
+>>> rng = np.random.default_rng(0)
+>>> x, W, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(8, 4)), rng.normal(size=8)
+>>> y, ctx = kernel.forward(x, W, b, activation="gelu_tanh")
+>>> bool(np.allclose(y, linear_activation_forward(x, W, b, activation="gelu_tanh")[0], rtol=1e-14, atol=1e-15))
+True
+>>> [g.shape for g in kernel.backward(np.ones(y.shape), ctx)]
+[(2, 3, 4), (8, 4), (8,)]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import parallel
+from ..backend import backend_of, get_array_module
+from ..functional.linear_activation import check_linear_activation_inputs
+from ..grad_mode import is_grad_enabled
+from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, rowwise
+from .activations import ACTIVATION_BLOCKS
+from .dispatch import Kernel, register_kernel
+from .linear import pooled_linear_backward
+
+#: Elements of dh per block of the threaded backward (1 MiB of float32: 256 rows at C_out = 1024).
+BACKWARD_BLOCK = 1 << 18
+
+
+class FusedLinearActivation(Kernel):
+    """y = act(x W^T + b) with h computed and activated a block of rows at a time.
+
+    Applies to every NumPy and CuPy call (on CuPy the product and the
+    activation run whole, the activation as :data:`.activations.ACTIVATION_BLOCKS`'
+    in-place bodies). Shapes as :func:`nptransformer.functional.linear_activation_forward`;
+    saves x, weight and the activation's saved array (ReLU's mask or GELU's
+    slope, (..., C_out)); under :func:`~nptransformer.no_grad` only y is
+    computed and the context is None. Settings: ``block_elements``,
+    ``whole_elements``, ``min_elements`` of :func:`._rows.rowwise` (the
+    forward's blocks and slabs, sized by the width of h), and
+    ``backward_block``, the elements of dh per block of the threaded backward.
+    """
+
+    op = "linear_activation"
+    name = "linear_activation.fused"
+    defaults = {**ROW_SETTINGS, "backward_block": BACKWARD_BLOCK}
+    test_settings = {**ROW_TEST_SETTINGS, "backward_block": 8}
+
+    def applies(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> bool:
+        return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
+
+    def forward(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> tuple[Any, Any]:
+        check_linear_activation_inputs(x, weight, bias, activation)
+        xp = get_array_module(x, weight, bias)
+        value, value_and_saved, _ = ACTIVATION_BLOCKS[activation]
+        w_t, c_out = xp.matrix_transpose(weight), weight.shape[0]
+        keep = is_grad_enabled()  # read here: the blocks may run on the pool's threads
+        act = value_and_saved if keep else value
+
+        def product(rows: Any) -> Any:
+            h = rows @ w_t  # (r, C_in) @ (C_in, C_out)
+            if bias is not None:
+                h += bias
+            return h
+
+        x2 = xp.reshape(x, (-1, x.shape[-1]))
+        if parallel.get_num_threads() > 1 and backend_of(x) == "numpy":
+            out = rowwise(lambda rows: act(product(rows)), x2, settings=self.settings, width=c_out)
+        else:
+            out = rowwise(act, product(x2), settings=self.settings)
+        lead = tuple(x.shape[:-1]) + (c_out,)
+        if not keep:
+            return xp.reshape(out, lead), None
+        y, saved = out
+        return xp.reshape(y, lead), (x, weight, bias is not None, activation, xp.reshape(saved, lead))
+
+    def backward(self, dy: Any, ctx: Any) -> tuple[Any, Any, Any]:
+        if ctx is None:
+            raise RuntimeError("linear_activation_backward: the forward ran under no_grad and saved nothing")
+        x, weight, has_bias, activation, saved = ctx
+        if tuple(dy.shape) != tuple(saved.shape):
+            raise ValueError(f"dy must have the forward output's shape {tuple(saved.shape)}, got {tuple(dy.shape)}")
+        xp = get_array_module(dy)
+        grad = ACTIVATION_BLOCKS[activation][2]
+        dy2, saved2 = xp.reshape(dy, (-1, dy.shape[-1])), xp.reshape(saved, (-1, saved.shape[-1]))
+        rows_total, c_out = dy2.shape
+        parts = (parallel.slabs(rows_total, rows_total * c_out, self.settings["min_elements"])
+                 if backend_of(dy) == "numpy" else [(0, rows_total)])
+        if len(parts) == 1:
+            dh = rowwise(grad, dy2, saved2, settings=self.settings)
+            return pooled_linear_backward(dh, x, weight, has_bias, self.settings["min_elements"])
+        x2 = xp.reshape(x, (-1, x.shape[-1]))
+        dx = np.empty(x2.shape, dtype=dy.dtype)
+        rows = max(1, self.settings["backward_block"] // c_out)
+
+        def slab(start: int, stop: int) -> tuple[Any, Any]:
+            dweight = dbias = None
+            for lo in range(start, stop, rows):
+                hi = min(lo + rows, stop)
+                dh = grad(dy2[lo:hi], saved2[lo:hi])  # (r, C_out), in cache
+                np.matmul(dh, weight, out=dx[lo:hi])  # dx = dh W
+                dw = dh.T @ x2[lo:hi]  # this block's share of dW = dh^T x (a fresh array, so the sum may take it)
+                db = np.sum(dh, axis=0) if has_bias else None  # and of db = sum(dh)
+                if dweight is None:
+                    dweight, dbias = dw, db
+                else:
+                    dweight += dw
+                    if has_bias:
+                        dbias += db
+            return dweight, dbias
+
+        partials = parallel.gather(slab, parts)
+        dweight, dbias = partials[0]
+        for dw, db in partials[1:]:  # slab order: the same sum whichever thread finished first
+            dweight += dw
+            if has_bias:
+                dbias += db
+        return xp.reshape(dx, tuple(x.shape)), dweight, dbias
+
+
+register_kernel(FusedLinearActivation())

@@ -1,1 +1,130 @@
-"""(being written)"""
+"""``softmax.rows`` and ``log_softmax.rows``: softmax over the last axis in cache-sized row blocks.
+
+The reference evaluates each operator over the whole array. These kernels
+cut the rows into blocks (:func:`._rows.over_last_axis`; with
+:func:`nptransformer.set_num_threads` above 1, first one slab of rows per
+thread), normalise in place, and take the row sums as matrix-vector products
+``x @ ones(n)`` while the pool holds BLAS to one thread
+(:func:`._rows.row_sums`). The softmax backward forms ``dy * y`` once and
+subtracts ``y * sum`` in place: two temporaries instead of three. Along
+another axis they compute the same, whole.
+
+>>> import numpy as np
+>>> y, ctx = SoftmaxRows().forward(np.zeros((2, 4)))
+>>> y[0].tolist(), SoftmaxRows().backward(np.ones((2, 4)), ctx)[0].tolist()
+([0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import _checks
+from ..backend import backend_of, get_array_module
+from ..functional.softmax import check_softmax_inputs, shift_by_max
+from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, over_last_axis, row_sums
+from .dispatch import Kernel, register_kernel
+
+
+def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
+    """(z, log_s, p) for the rows of x along ``axis``: z = x - max(x), s = sum(exp(z)),
+    log_s = log(s) (keepdims), p = exp(z) / s = softmax(x). A row of -inf gives p = 0 and log_s = 0.
+
+    Shared by softmax, log-softmax and cross-entropy, which need different parts.
+    """
+    xp = get_array_module(x)
+    z = shift_by_max(x, axis)
+    p = xp.exp(z)
+    s = _sums(p, axis)
+    s = xp.where(s > 0, s, 1.0)
+    p /= s
+    return z, xp.log(s), p
+
+
+def _sums(x: Any, axis: int) -> Any:
+    """Sums along ``axis``, keepdims; along the last axis as :func:`._rows.row_sums`."""
+    if axis in (-1, x.ndim - 1):
+        return row_sums(x)
+    return get_array_module(x).sum(x, axis=axis, keepdims=True)
+
+
+def _along(fn: Callable[..., Any], axis: int, settings: dict, *arrays: Any) -> Any:
+    """fn(*arrays, axis): over blocks of rows when axis is the last one, whole otherwise."""
+    if axis in (-1, arrays[0].ndim - 1):
+        return over_last_axis(lambda *rows: fn(*rows, -1), *arrays, settings=settings)
+    return fn(*arrays, axis)
+
+
+def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
+    g = dy * y
+    g -= y * _sums(g, axis)  # y dy - y sum(dy y) = y (dy - sum(dy y))
+    return g
+
+
+def _log_softmax(x: Any, axis: int) -> tuple[Any, Any]:
+    z, log_s, p = normalized_exp(x, axis)
+    z -= log_s
+    return z, p
+
+
+def _applies(x: Any, axis: int) -> bool:
+    """NumPy along the last axis (the row blocks), or CuPy along any (whole, in place)."""
+    if not _checks.is_array(x):
+        return False
+    name = backend_of(x)
+    return name == "cupy" or (name == "numpy" and axis in (-1, x.ndim - 1))
+
+
+class SoftmaxRows(Kernel):
+    """Softmax in row blocks, normalised in place; saves y, as the reference.
+
+    Applies to NumPy arrays along the last axis and to CuPy arrays. Shapes as
+    :func:`nptransformer.functional.softmax_forward`. Settings:
+    :data:`._rows.ROW_SETTINGS`.
+    """
+
+    op = "softmax"
+    name = "softmax.rows"
+    defaults = ROW_SETTINGS
+    test_settings = ROW_TEST_SETTINGS
+
+    def applies(self, x: Any, axis: int = -1) -> bool:
+        return _applies(x, axis)
+
+    def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
+        check_softmax_inputs(x, axis)
+        y = _along(lambda rows, ax: normalized_exp(rows, ax)[2], axis, self.settings, x)
+        return y, (y, axis)
+
+    def backward(self, dy: Any, ctx: tuple) -> Any:
+        y, axis = ctx
+        return _along(_softmax_grad, axis, self.settings, dy, y)
+
+
+class LogSoftmaxRows(Kernel):
+    """Log-softmax in row blocks; saves softmax(x), computed on the way, as the reference.
+
+    Applies where :class:`SoftmaxRows` does. Shapes as
+    :func:`nptransformer.functional.log_softmax_forward`.
+    """
+
+    op = "log_softmax"
+    name = "log_softmax.rows"
+    defaults = ROW_SETTINGS
+    test_settings = ROW_TEST_SETTINGS
+
+    def applies(self, x: Any, axis: int = -1) -> bool:
+        return _applies(x, axis)
+
+    def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
+        check_softmax_inputs(x, axis)
+        y, p = _along(_log_softmax, axis, self.settings, x)
+        return y, (p, axis)
+
+    def backward(self, dy: Any, ctx: tuple) -> Any:
+        p, axis = ctx
+        return _along(lambda g, q, ax: g - q * _sums(g, ax), axis, self.settings, dy, p)
+
+
+register_kernel(SoftmaxRows())
+register_kernel(LogSoftmaxRows())

@@ -1,6 +1,5 @@
 """Complete models around :mod:`nptransformer.nn`: ``GPT``, ``BERT``, ``Seq2SeqTransformer``."""
 
-from . import model_checks  # noqa: F401  (registers each model with the gradient-check suite)
 from .bert import BERT, BERTWithHead
 from .gpt import GPT
 from .seq2seq import Seq2SeqTransformer

@@ -30,17 +30,17 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
-from ..functional.linear import linear_backward, linear_forward
-from ..functional.tanh import tanh_backward, tanh_forward
+from ..kernels.ops import linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn import init
-from ..nn.activation import make_activation
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
+from ..nn.feed_forward import FeedForward
 from ..nn.linear import Linear
 from ..nn.module import Module, Parameter
 from ..nn.normalization import LayerNorm
 from ..nn.transformer import TransformerEncoder
 from ..nn.transformer_layers import TransformerEncoderLayer
+from ..registry import ModuleCheck, register_module_check
 from ._masks import key_padding_from_attention_mask
 
 HIDDEN_ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -121,7 +121,7 @@ class BertMLMHead(Module):
         super().__init__()
         H, V = word_embeddings.embedding_dim, word_embeddings.num_embeddings
         self.dense = Linear(H, H, dtype=dtype)
-        self.activation = make_activation(_activation(hidden_act))
+        self.hidden_act = _activation(hidden_act)
         self.norm = LayerNorm(H, eps=layer_norm_eps, dtype=dtype)
         self.decoder = word_embeddings
         self.bias = Parameter(backend.zeros((V,), dtype=dtype))
@@ -129,7 +129,7 @@ class BertMLMHead(Module):
     def forward(self, hidden: Any) -> Any:
         """hidden (B, T, H) -> logits (B, T, V)."""
         _check_hidden("hidden", hidden, self.dense.in_features)
-        x = self.norm(self.activation(self.dense(hidden)))
+        x = self.norm(self.dense(hidden, activation=self.hidden_act))  # LayerNorm(act(hidden W^T + b))
         logits, ctx = linear_forward(x, self.decoder.weight.data, self.bias.data)  # (B, T, H) @ (H, V) + (V,)
         self.save_for_backward(ctx)
         return logits
@@ -139,7 +139,7 @@ class BertMLMHead(Module):
         dx, dtable, dbias = linear_backward(dlogits, self.saved())
         self.decoder.weight.accumulate(dtable)
         self.bias.accumulate(dbias)
-        return self.dense.backward(self.activation.backward(self.norm.backward(dx)))
+        return self.dense.backward(self.norm.backward(dx))
 
 
 def _activation(hidden_act: str) -> str:
@@ -187,11 +187,12 @@ class BERT(Module):
         self.type_vocab_size = type_vocab_size
         self.embeddings = BertEmbeddings(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
                                          layer_norm_eps, hidden_dropout_prob, pad_token_id, dtype)
-        layer = TransformerEncoderLayer(hidden_size, num_attention_heads, intermediate_size, hidden_dropout_prob,
-                                        activation=_activation(hidden_act), layer_norm_eps=layer_norm_eps,
-                                        norm_first=False, dtype=dtype)
-        layer.self_attn.dropout = attention_probs_dropout_prob  # BERT sets this rate apart from the hidden one
-        layer.dropout = Dropout(0.0)  # BERT's intermediate -> output path has no dropout
+        act = _activation(hidden_act)
+        layer = TransformerEncoderLayer(
+            hidden_size, num_attention_heads, intermediate_size, hidden_dropout_prob, layer_norm_eps=layer_norm_eps,
+            norm_first=False, dtype=dtype, attn_dropout=attention_probs_dropout_prob,  # a rate of its own in BERT
+            # BERT's intermediate -> output path has no dropout
+            feed_forward=lambda d: FeedForward(d, intermediate_size, dropout=0.0, activation=act, dtype=dtype))
         self.encoder = TransformerEncoder(layer, num_hidden_layers)
         self.pooler = BertPooler(hidden_size, dtype=dtype) if add_pooling_layer else None
         self.mlm_head = (BertMLMHead(self.embeddings.word_embeddings, hidden_act, layer_norm_eps, dtype=dtype)
@@ -301,3 +302,24 @@ class BERTWithHead(Module):
     def backward(self, d: Any) -> None:
         """d = dL/d(head output) -> None; parameter gradients are accumulated."""
         self.bert.backward(self.head.backward(d))
+
+
+def _check(head: str) -> Any:
+    def build(rng: Any) -> ModuleCheck:
+        # The MLM check is BERT as published (2 layers, exact GELU); the pooler one takes 1 layer and the tanh
+        # GELU, because the exact GELU's erf is slow under the strict backend (no native erf there).
+        mlm = head == "mlm"
+        bert = BERT(vocab_size=9, hidden_size=4, num_hidden_layers=2 if mlm else 1, num_attention_heads=2,
+                    intermediate_size=6, hidden_act="gelu" if mlm else "gelu_new", max_position_embeddings=6,
+                    initializer_range=0.5, add_pooling_layer=not mlm, add_mlm_head=mlm, dtype="float64")
+        # ids avoid pad_token_id 0: its row is frozen by convention, which finite differences do not know
+        ids = backend.asarray(rng.integers(1, 9, size=(2, 5)))
+        types = backend.asarray([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]], dtype="int64")
+        mask = backend.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype="int64")
+        return ModuleCheck(BERTWithHead(bert, bert.mlm_head if mlm else bert.pooler), (ids, types, mask), wrt=())
+
+    return build
+
+
+register_module_check("BERT.mlm", _check("mlm"))
+register_module_check("BERT.pooler", _check("pooler"))

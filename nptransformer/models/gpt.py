@@ -25,17 +25,18 @@ from typing import Any
 
 from .. import _checks, backend
 from ..backend import get_array_module
-from ..functional.linear import linear_backward, linear_forward
-from ..generation.decoder_only import generate
 from ..grad_mode import is_grad_enabled
+from ..kernels.ops import linear_backward, linear_forward
 from ..nn import init
 from ..nn.checkpoint import checkpoint_backward, checkpoint_forward
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
+from ..nn.kv_cache import KVCache
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
+from ..registry import ModuleCheck, register_module_check
 from ._masks import key_padding_from_attention_mask
 
 
@@ -153,8 +154,24 @@ class GPT(Module):
         window of the last block_size tokens). See
         :func:`nptransformer.generation.generate` and docs/generation.md.
         """
+        from ..generation.decoder_only import generate  # generation sits above models: imported when used
+
         return generate(self, idx, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                         top_p=top_p, use_cache=use_cache, seed=seed, attention_mask=attention_mask, crop=crop)
+
+    # -- the decoding interface (nptransformer.generation.interface) --------------
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the model sees: ``block_size``."""
+        return self.block_size
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KVCache of n_layer layers with room for ``capacity`` positions."""
+        return KVCache(self.n_layer, capacity)
+
+    def decode(self, ids: Any, cache: Any = None, attention_mask: Any = None, position_ids: Any = None) -> Any:
+        """ids (B, T_new) -> logits (B, T_new, V), extending ``cache``: one decoding step (:meth:`forward`)."""
+        return self.forward(ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
 
     def backward(self, dlogits: Any) -> None:
         """dL/dlogits (B, T, V) -> accumulates every parameter's gradient (token ids have none)."""
@@ -199,3 +216,15 @@ class GPT(Module):
         return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, n_layer={self.n_layer}, "
                 f"n_head={self.n_head}, d_model={self.d_model}")
 
+
+def _check(tie_weights: bool) -> Any:
+    def build(rng: Any) -> ModuleCheck:
+        model = GPT(vocab_size=7, block_size=6, n_layer=2, n_head=2, d_model=4, dropout=0.1, tie_weights=tie_weights,
+                    dtype="float64")
+        return ModuleCheck(model, (backend.asarray(rng.integers(0, 7, size=(2, 5))),), wrt=())
+
+    return build
+
+
+register_module_check("GPT.tied", _check(True))
+register_module_check("GPT.untied", _check(False))

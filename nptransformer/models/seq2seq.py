@@ -23,14 +23,15 @@ import math
 from typing import Any
 
 from .. import _checks, backend
-from ..functional.linear import linear_backward, linear_forward
-from ..functional.positional import sinusoidal_backward, sinusoidal_forward
+from ..kernels.ops import linear_backward, linear_forward, sinusoidal_backward, sinusoidal_forward
 from ..nn import init
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
+from ..nn.kv_cache import KVCache
 from ..nn.linear import Linear
 from ..nn.module import Module
 from ..nn.transformer import Transformer
+from ..registry import ModuleCheck, register_module_check
 
 
 class TokenEmbedding(Module):
@@ -56,7 +57,8 @@ class TokenEmbedding(Module):
             raise ValueError(f"sequence length {offset + T} exceeds max_len {self.max_len} (the position table's size)")
         x = self.token(ids) * self.scale
         if self.position is None:
-            x, _ = sinusoidal_forward(x, offset=offset)
+            x, ctx = sinusoidal_forward(x, offset=offset)
+            self.save_for_backward(ctx)
         else:
             x = x + self.position(backend.arange(T, like=ids) + offset)
         return self.dropout(x)
@@ -65,7 +67,7 @@ class TokenEmbedding(Module):
         """Adds into the token (and learned position) table; ids have no gradient."""
         d = self.dropout.backward(d)
         if self.position is None:
-            d = sinusoidal_backward(d, None)
+            d = sinusoidal_backward(d, self.saved())
         else:
             self.position.backward(backend.get_array_module(d).sum(d, axis=0))  # broadcast over the batch
         self.token.backward(d * self.scale)
@@ -136,6 +138,16 @@ class Seq2SeqTransformer(Module):
         self.save_for_backward(ctx)
         return logits
 
+    # -- the decoding interface (nptransformer.generation.interface) --------------
+    @property
+    def max_target_positions(self) -> int:
+        """The longest target the position table covers: ``max_len``."""
+        return self.tgt_embed.max_len
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KVCache for the decoder (self- and cross-attention) with room for ``capacity`` positions."""
+        return KVCache(self.transformer.decoder.num_layers, capacity, cross_attention=True)
+
     def forward(self, src: Any, tgt: Any, need_weights: bool = False) -> Any:
         """src (B, S), tgt (B, T) ids -> logits (B, T, tgt_vocab_size) (teacher forcing).
 
@@ -155,3 +167,19 @@ class Seq2SeqTransformer(Module):
         self.tgt_embed.backward(dtgt)
         self.src_embed.backward(self.transformer.encoder.backward(dmemory))
         return None
+
+
+def _check(positional: str, share: bool) -> Any:
+    def build(rng: Any) -> ModuleCheck:
+        model = Seq2SeqTransformer(6, 6, d_model=4, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                   dim_feedforward=6, dropout=0.0, max_len=8, positional=positional,
+                                   share_embeddings=share, tie_output=share, pad_id=0, dtype="float64")
+        src = backend.asarray([[1, 2, 3, 4], [5, 1, 0, 0]], dtype="int64")
+        tgt = backend.asarray([[1, 3, 2], [4, 0, 0]], dtype="int64")
+        return ModuleCheck(model, (src, tgt), wrt=())
+
+    return build
+
+
+register_module_check("Seq2Seq.sinusoidal", _check("sinusoidal", False))
+register_module_check("Seq2Seq.learned_shared", _check("learned", True))

@@ -1,14 +1,17 @@
 """torch.nn-shaped layers with hand-written backward passes.
 
-Every layer here is also registered for the gradient check (see
-:mod:`nptransformer.nn.layer_checks`).
+Layers compose the ops of :mod:`nptransformer.kernels.ops` (the reference
+math of :mod:`nptransformer.functional`, run by the fastest kernel that
+applies). Each layer registers its gradient check beside its definition
+(:mod:`nptransformer.registry`).
 """
 
-from . import init, layer_checks  # noqa: F401  (layer_checks registers each layer with the gradient suite)
+from . import init
 from .activation import GELU, ReLU
 from .attention import MultiheadAttention
 from .dropout import Dropout
 from .embedding import Embedding
+from .feed_forward import FeedForward
 from .linear import Linear
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleList, Parameter
@@ -18,6 +21,6 @@ from .transformer_layers import TransformerDecoderLayer, TransformerEncoderLayer
 
 __all__ = [
     "init", "Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "ReLU", "GELU",
-    "MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
+    "FeedForward", "MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
     "TransformerDecoder", "Transformer", "CrossEntropyLoss",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from ..functional.activations import GELU_APPROXIMATIONS
+from ..kernels.ops import gelu_backward, gelu_forward, relu_backward, relu_forward
+from ..registry import ModuleCheck, register_module_check
 from .module import Module
 
 
@@ -27,7 +29,7 @@ class GELU(Module):
 
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
+        if approximate not in GELU_APPROXIMATIONS:
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
@@ -45,6 +47,11 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
+#: The activations :class:`~nptransformer.nn.FeedForward` and the Transformer layers know by name (torch's
+#: ``activation`` strings, plus GPT-2's "gelu_tanh"); the same names as ``functional.linear_activation``'s.
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
 def make_activation(activation: Any) -> Module:
     """"relu" / "gelu" / "gelu_tanh" or a Module instance -> a Module (torch's ``activation`` argument)."""
     if isinstance(activation, Module):
@@ -53,3 +60,10 @@ def make_activation(activation: Any) -> Module:
     if activation not in table:
         raise ValueError(f"activation must be one of {sorted(table)} or a Module, got {activation!r}")
     return table[activation]()
+
+
+def _check_gelu(rng: Any) -> ModuleCheck:
+    return ModuleCheck(GELU("tanh"), (rng.normal(size=(3, 4)),))
+
+
+register_module_check("GELU", _check_gelu)

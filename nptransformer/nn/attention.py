@@ -1,35 +1,46 @@
-"""``MultiheadAttention``, as ``torch.nn.MultiheadAttention(batch_first=True)``.
+"""``MultiheadAttention``, as ``torch.nn.MultiheadAttention(batch_first=True)``, with explicit self- and cross-attention.
 
 Forward, for H heads of size D = E / H:
 
     q, k, v = query W_q^T + b_q, key W_k^T + b_k, value W_v^T + b_v   # (B, L|S, E)
     split heads                                                     # (B, L, E) -> (B, H, L, D)
-    o = softmax(q k^T / sqrt(D) + mask) v                           # (B, H, L, D)
+    o = softmax(q k^T / sqrt(D) + mask + attn_bias) v               # (B, H, L, D)
     merge heads, y = o W_o^T + b_o                                  # (B, L, E)
 
 W_q, W_k, W_v are the three row blocks of ``in_proj_weight`` (3E, E), as in
-PyTorch. When query, key and value are the same array (self-attention) the
-three projections are one (B, L, E) x (E, 3E) GEMM, and when key is value
-(cross-attention on an encoder memory) the key and value projections are one.
-The backward mirrors those fusions; docs/backprop-walkthrough.md walks through it.
+PyTorch. Three ways in, chosen by the caller, never by comparing arrays:
+
+- ``mha(query, key, value)``: torch's signature; three projections, and
+  ``backward`` returns (dquery, dkey, dvalue).
+- ``mha.self_attention(x)``: query = key = value = x, projected by one
+  (B, L, E) x (E, 3E) GEMM; ``backward`` returns dx, the three paths' sum.
+- ``mha.cross_attention(x, memory)``: key = value = memory, whose two
+  projections are one GEMM; ``backward`` returns (dx, dmemory).
+
+Each also takes ``attn_bias``: a float array broadcastable to the scores
+(B, H, L, S) added before the softmax, with a gradient (relative-position
+biases, ALiBi); ``backward`` then returns dattn_bias as its last value.
+docs/backprop-walkthrough.md follows the gradient through.
 
 Inference extras: ``cache=`` (an :class:`~nptransformer.generation.AttentionCache`)
-decodes incrementally, and ``attn_weights`` keeps the per-head probabilities
-of the last forward called with ``need_weights=True`` (docs/attention.md).
+on the self- and cross-attention paths decodes incrementally, and
+``attn_weights`` keeps the per-head probabilities of the last forward
+called with ``need_weights=True`` (docs/attention.md).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .. import _checks, backend
-from ..backend import dtype_name, get_array_module
-from ..functional.attention import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
-from ..functional.linear import linear_backward, linear_forward
+from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
+from ..kernels import ops
+from ..registry import ModuleCheck, register_module_check
 from . import init
+from .attention_masks import attention_masks, causal_bottom_right, combine
 from .linear import Linear
+from ._examples import padding_mask
 from .module import Module, Parameter
 
 
@@ -65,11 +76,11 @@ class MultiheadAttention(Module):
             self.out_proj.bias.data = backend.zeros((embed_dim,), dtype=dtype)
         self.attn_weights = None
 
-    # -- forward ------------------------------------------------------------
+    # -- the three ways in ------------------------------------------------------
     def forward(self, query: Any, key: Any, value: Any, key_padding_mask: Any = None, need_weights: bool = True,
                 attn_mask: Any = None, average_attn_weights: bool = True, is_causal: bool = False,
-                cache: Any = None) -> tuple[Any, Any]:
-        """Attend from query (B, L, E) to key (B, S, E) / value (B, S, E).
+                attn_bias: Any = None) -> tuple[Any, Any]:
+        """Attend from query (B, L, E) to key (B, S, E) / value (B, S, E), each projected on its own.
 
         Returns (output (B, L, E), weights): weights are the attention
         probabilities averaged over heads (B, L, S), per head (B, H, L, S)
@@ -77,144 +88,142 @@ class MultiheadAttention(Module):
         Masks: ``attn_mask`` (L, S) or (B*H, L, S), ``key_padding_mask``
         (B, S); boolean (True = masked) or additive float. ``is_causal``
         masks key j > query i (combined with any given mask).
-
-        ``cache`` (inference only, inside ``no_grad``): an ``AttentionCache``.
-        In self-attention the new keys and values are appended to it and the
-        queries attend to all S = cached + L positions (masks then cover S
-        keys, and ``is_causal`` is bottom-right aligned: query i sits at
-        absolute position S - L + i and sees keys j <= S - L + i). In
-        cross-attention (key is value) the memory is projected on the first
-        call only; later calls reuse the cached keys and values.
+        ``backward`` returns (dquery, dkey, dvalue[, dattn_bias]).
         """
-        B, L, S = self._check_inputs(query, key, value)
-        E, H, D = self.embed_dim, self.num_heads, self.head_dim
-        xp = get_array_module(query)
-        w = self.in_proj_weight.data
-        b = self.in_proj_bias.data if self.in_proj_bias is not None else None
-        if cache is not None:
-            self._check_cache_use(query, key, value, is_causal)
-        if query is key and key is value:
-            mode = "self"
-            qkv, proj = linear_forward(query, w, b)  # (B, L, 3E): one GEMM for q, k and v
-            q, k, v = _split_heads(qkv, 3, H, D)
-            proj_ctx = (proj,)
-            if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, S_cached + L, D)
-        elif key is value:
-            mode = "kv"
-            qp, proj_q = linear_forward(query, w[:E, :], _rows(b, 0, E))
-            (q,) = _split_heads(qp, 1, H, D)
-            if cache is not None and cache.length:
-                k, v, proj_kv = cache.keys, cache.values, None  # the memory was projected on the first step
-            else:
-                kv, proj_kv = linear_forward(key, w[E:, :], _rows(b, E, 3 * E))  # (B, S, 2E)
-                k, v = _split_heads(kv, 2, H, D)
-                if cache is not None:
-                    cache.append(k, v)
-            proj_ctx = (proj_q, proj_kv)
-        else:
-            mode = "separate"
-            projected, proj_ctx = [], []
-            for i, x in enumerate((query, key, value)):
-                y, c = linear_forward(x, w[i * E:(i + 1) * E, :], _rows(b, i * E, (i + 1) * E))
-                projected.append(_split_heads(y, 1, H, D)[0])
-                proj_ctx.append(c)
-            q, k, v = projected
-        S = k.shape[2]
-        masks = self._masks(attn_mask, key_padding_mask, B, L, S, query.dtype)
-        if cache is not None and is_causal:
-            # is_causal is top-left aligned (query i sees keys j <= i), right only when L == S;
-            # with cached keys the queries are the LAST L positions.
-            masks.append(_causal_bottom_right(L, S, like=query))
-            is_causal = False
-        mask = _combine(masks, query.dtype)
-        p = self.dropout if self.training else 0.0
-        o, attn_ctx = scaled_dot_product_attention_forward(q, k, v, attn_mask=mask, dropout_p=p,
-                                                           is_causal=is_causal, generator=self.generator)
-        o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, L, E))  # (B, H, L, D) -> (B, L, E)
-        y = self.out_proj(o)
-        self.save_for_backward((mode, tuple(proj_ctx), attn_ctx, (B, L, S)))
-        self.attn_weights = attn_ctx.probs if need_weights else None  # (B, H, L, S)
-        weights = None
-        if need_weights:
-            weights = attn_ctx.probs
-            if average_attn_weights:
-                weights = xp.mean(weights, axis=1)
+        self._check_inputs(query=query, key=key, value=value)
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key and value must share (B, S), got {tuple(key.shape)} and {tuple(value.shape)}")
+        q, proj_q = self._project(query, 0, 1)
+        k, proj_k = self._project(key, 1, 1)
+        v, proj_v = self._project(value, 2, 1)
+        y = self._attend("separate", (proj_q, proj_k, proj_v), q[0], k[0], v[0], attn_mask, key_padding_mask,
+                         is_causal, need_weights, attn_bias)
+        weights = self.attn_weights if need_weights else None
+        if weights is not None and average_attn_weights:
+            weights = get_array_module(weights).mean(weights, axis=1)
         return y, weights
 
-    def _check_cache_use(self, query: Any, key: Any, value: Any, is_causal: bool) -> None:
-        if is_grad_enabled():
-            raise RuntimeError("MultiheadAttention: cache= is for inference; call the model inside "
-                               "nptransformer.no_grad() (cached keys have no backward)")
-        if key is not value:
-            raise ValueError("MultiheadAttention: a cache needs self-attention (query is key is value) or "
-                             "cross-attention (key is value)")
-        if query is not key and is_causal:
-            raise ValueError("MultiheadAttention: is_causal with a cross-attention cache is not supported")
+    def self_attention(self, x: Any, attn_mask: Any = None, key_padding_mask: Any = None, is_causal: bool = False,
+                       need_weights: bool = False, attn_bias: Any = None, cache: Any = None) -> Any:
+        """Self-attention, x (B, L, E) -> (B, L, E): q, k and v all from x, projected by one GEMM.
 
-    def _check_inputs(self, query: Any, key: Any, value: Any) -> tuple[int, int, int]:
-        for name, x in (("query", query), ("key", key), ("value", value)):
+        Masks as in :meth:`forward`. ``cache`` (inference, inside ``no_grad``):
+        the new keys and values are appended to it and the queries attend to
+        all S = cached + L positions (masks then cover S keys, and
+        ``is_causal`` is bottom-right aligned: query i sits at position
+        S - L + i and sees keys j <= S - L + i). ``backward`` returns dx
+        (the q, k and v paths added)[, dattn_bias].
+        """
+        self._check_inputs(x=x)
+        self._check_cache(cache)
+        qkv, proj = self._project(x, 0, 3)  # (B, L, 3E): one GEMM, then three (B, H, L, D) views
+        q, k, v = qkv
+        extra = []
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S_cached + L, D)
+            if is_causal:
+                # is_causal is top-left aligned (query i sees keys j <= i), right only when L == S;
+                # with cached keys the queries are the LAST L positions.
+                extra, is_causal = [causal_bottom_right(x.shape[1], k.shape[2], like=x)], False
+        return self._attend("self", (proj,), q, k, v, attn_mask, key_padding_mask, is_causal, need_weights,
+                            attn_bias, extra)
+
+    def cross_attention(self, x: Any, memory: Any, attn_mask: Any = None, key_padding_mask: Any = None,
+                        is_causal: bool = False, need_weights: bool = False, attn_bias: Any = None,
+                        cache: Any = None) -> Any:
+        """Cross-attention from x (B, L, E) to an encoder's memory (B, S, E) -> (B, L, E).
+
+        The keys and values both come from memory, projected by one GEMM.
+        ``cache`` (inference): the memory is projected on the first call and
+        its keys and values reused after. ``backward`` returns (dx, dmemory)[, dattn_bias].
+        """
+        self._check_inputs(x=x, memory=memory)
+        self._check_cache(cache)
+        if cache is not None and is_causal:
+            raise ValueError("MultiheadAttention: is_causal with a cross-attention cache is not supported")
+        (q,), proj_q = self._project(x, 0, 1)
+        if cache is not None and cache.length:
+            k, v, proj_kv = cache.keys, cache.values, None  # the memory was projected on the first step
+        else:
+            (k, v), proj_kv = self._project(memory, 1, 2)  # (B, S, 2E): keys and values in one GEMM
+            if cache is not None:
+                cache.append(k, v)
+        return self._attend("cross", (proj_q, proj_kv), q, k, v, attn_mask, key_padding_mask, is_causal,
+                            need_weights, attn_bias)
+
+    # -- shared steps -------------------------------------------------------------
+    def _project(self, x: Any, first: int, n: int) -> tuple[list, Any]:
+        """Rows first*E .. (first+n)*E of the in-projection applied to x (B, T, E): n arrays (B, H, T, D)."""
+        E = self.embed_dim
+        w = self.in_proj_weight.data[first * E:(first + n) * E, :]
+        b = self.in_proj_bias.data[first * E:(first + n) * E] if self.in_proj_bias is not None else None
+        y, ctx = ops.linear_forward(x, w, b)  # (B, T, n*E)
+        return _split_heads(y, n, self.num_heads, self.head_dim), ctx
+
+    def _attend(self, kind: str, proj: tuple, q: Any, k: Any, v: Any, attn_mask: Any, key_padding_mask: Any,
+                is_causal: bool, need_weights: bool, attn_bias: Any, extra_masks: list = ()) -> Any:
+        """Heads (B, H, L, D) x (B, H, S, D) -> the output (B, L, E); saves what backward needs."""
+        B, H, L, S = q.shape[0], self.num_heads, q.shape[2], k.shape[2]
+        xp = get_array_module(q)
+        masks = attention_masks(attn_mask, key_padding_mask, B, H, L, S, q.dtype) + list(extra_masks)
+        p = self.dropout if self.training else 0.0
+        o, attn = ops.scaled_dot_product_attention_forward(q, k, v, attn_mask=combine(masks, q.dtype), dropout_p=p,
+                                                           is_causal=is_causal, generator=self.generator,
+                                                           bias=attn_bias)
+        o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, L, self.embed_dim))  # (B, H, L, D) -> (B, L, E)
+        y = self.out_proj(o)
+        self.save_for_backward((kind, proj, attn, attn_bias is not None))
+        self.attn_weights = attn.saved.probs if need_weights else None  # (B, H, L, S)
+        return y
+
+    def _check_inputs(self, **arrays: Any) -> None:
+        for name, x in arrays.items():
             _checks.check_float(name, x)
             if x.ndim != 3:
                 raise ValueError(f"{name} must have shape (B, T, {self.embed_dim}), got {tuple(x.shape)}")
             _checks.check_last_dim(name, x, self.embed_dim, "embed_dim")
-        _checks.check_same_dtype(in_proj_weight=self.in_proj_weight.data, query=query, key=key, value=value)
-        if key.shape[:2] != value.shape[:2]:
-            raise ValueError(f"key and value must share (B, S), got {tuple(key.shape)} and {tuple(value.shape)}")
-        if query.shape[0] != key.shape[0]:
-            raise ValueError(f"query and key must have the same batch size, got {query.shape[0]} and {key.shape[0]}")
-        return query.shape[0], query.shape[1], key.shape[1]
+        _checks.check_same_dtype(in_proj_weight=self.in_proj_weight.data, **arrays)
+        batches = {name: x.shape[0] for name, x in arrays.items()}
+        if len(set(batches.values())) > 1:
+            raise ValueError(f"{' and '.join(batches)} must have the same batch size, got {list(batches.values())}")
 
-    def _masks(self, attn_mask: Any, key_padding_mask: Any, B: int, L: int, S: int, dtype: Any) -> list:
-        """The given masks, checked and reshaped to broadcast to (B, H, L, S)."""
-        H = self.num_heads
-        masks = []
-        if attn_mask is not None:
-            _checks.check_array("attn_mask", attn_mask)
-            xp = get_array_module(attn_mask)
-            if tuple(attn_mask.shape) == (L, S):
-                masks.append(attn_mask)
-            elif tuple(attn_mask.shape) == (B * H, L, S):
-                masks.append(xp.reshape(attn_mask, (B, H, L, S)))
-            else:
-                raise ValueError(f"attn_mask must have shape ({L}, {S}) or ({B * H}, {L}, {S}), got {tuple(attn_mask.shape)}")
-        if key_padding_mask is not None:
-            _checks.check_array("key_padding_mask", key_padding_mask)
-            if tuple(key_padding_mask.shape) != (B, S):
-                raise ValueError(f"key_padding_mask must have shape ({B}, {S}), got {tuple(key_padding_mask.shape)}")
-            xp = get_array_module(key_padding_mask)
-            masks.append(xp.reshape(key_padding_mask, (B, 1, 1, S)))
-        for name, m in zip(("attn_mask", "key_padding_mask"), masks):
-            if dtype_name(m.dtype) not in ("bool", dtype_name(dtype)):
-                raise TypeError(f"{name} must be bool or {dtype_name(dtype)} (the query's dtype), got {dtype_name(m.dtype)}")
-        return masks
+    def _check_cache(self, cache: Any) -> None:
+        if cache is not None and is_grad_enabled():
+            raise RuntimeError("MultiheadAttention: cache= is for inference; call the model inside "
+                               "nptransformer.no_grad() (cached keys have no backward)")
 
-    # -- backward -----------------------------------------------------------
-    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
-        """dL/d(output) (B, L, E) -> (dquery, dkey, dvalue); parameter gradients are accumulated.
+    # -- backward -------------------------------------------------------------------
+    def backward(self, dy: Any) -> Any:
+        """dL/d(output) (B, L, E) -> the gradient of every array input of the forward that ran.
 
-        When forward got one array as query, key and value, its whole gradient
-        is returned as dquery (dkey = dvalue = None); when key was value, as
-        dkey (dvalue = None). Derivation: docs/backprop-walkthrough.md.
+        (dquery, dkey, dvalue) after :meth:`forward`, dx after
+        :meth:`self_attention`, (dx, dmemory) after :meth:`cross_attention`;
+        dattn_bias appended when an ``attn_bias`` was given. Parameter
+        gradients are accumulated. Derivation: docs/backprop-walkthrough.md.
         """
-        mode, proj_ctx, attn_ctx, (B, L, S) = self.saved()
-        H, D = self.num_heads, self.head_dim
+        kind, proj, attn, has_bias = self.saved()
+        B, L = dy.shape[0], dy.shape[1]
         xp = get_array_module(dy)
         do = self.out_proj.backward(dy)  # forward: y = o W_o^T + b_o
-        do = xp.permute_dims(xp.reshape(do, (B, L, H, D)), (0, 2, 1, 3))  # (B, L, E) -> (B, H, L, D)
-        dq, dk, dv = scaled_dot_product_attention_backward(do, attn_ctx)
-        if mode == "self":
-            dx, dw, db = linear_backward(_merge_heads(xp, [dq, dk, dv]), proj_ctx[0])
+        do = xp.permute_dims(xp.reshape(do, (B, L, self.num_heads, self.head_dim)), (0, 2, 1, 3))  # (B, H, L, D)
+        dq, dk, dv, dbias = ops.scaled_dot_product_attention_backward(do, attn)
+        if kind == "self":
+            # forward: [q | k | v] = x W_in^T + b_in, so dx collects all three paths in one GEMM
+            dx, dw, db = ops.linear_backward(_merge_heads([dq, dk, dv]), proj[0])
             self._accumulate([dw], [db])
-            return dx, None, None
-        if mode == "kv":
-            dquery, dwq, dbq = linear_backward(_merge_heads(xp, [dq]), proj_ctx[0])
-            dkey, dwkv, dbkv = linear_backward(_merge_heads(xp, [dk, dv]), proj_ctx[1])
+            grads: tuple = (dx,)
+        elif kind == "cross":
+            dx, dwq, dbq = ops.linear_backward(_merge_heads([dq]), proj[0])
+            dmemory, dwkv, dbkv = ops.linear_backward(_merge_heads([dk, dv]), proj[1])
             self._accumulate([dwq, dwkv], [dbq, dbkv])
-            return dquery, dkey, None
-        grads = [linear_backward(_merge_heads(xp, [g]), c) for g, c in zip((dq, dk, dv), proj_ctx)]
-        self._accumulate([g[1] for g in grads], [g[2] for g in grads])
-        return grads[0][0], grads[1][0], grads[2][0]
+            grads = (dx, dmemory)
+        else:
+            parts = [ops.linear_backward(_merge_heads([g]), c) for g, c in zip((dq, dk, dv), proj)]
+            self._accumulate([p[1] for p in parts], [p[2] for p in parts])
+            grads = tuple(p[0] for p in parts)
+        if has_bias:
+            grads += (dbias,)
+        return grads[0] if len(grads) == 1 else grads
 
     def _accumulate(self, dweights: list, dbiases: list) -> None:
         xp = get_array_module(dweights[0])
@@ -226,10 +235,6 @@ class MultiheadAttention(Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
 
-def _rows(b: Any, start: int, stop: int) -> Any:
-    return b[start:stop] if b is not None else None
-
-
 def _split_heads(x: Any, n: int, H: int, D: int) -> list:
     """(B, T, n*H*D) -> n arrays (B, H, T, D), views where the backend allows."""
     xp = get_array_module(x)
@@ -238,12 +243,13 @@ def _split_heads(x: Any, n: int, H: int, D: int) -> list:
     return [x[i, ...] for i in range(n)]
 
 
-def _merge_heads(xp: Any, grads: list) -> Any:
+def _merge_heads(grads: list) -> Any:
     """n arrays (B, H, T, D) -> (B, T, n*H*D), the inverse of _split_heads.
 
     Each gradient is copied once, straight into its slot of the (B, T, n, H, D)
     result (stacking first and transposing after would copy everything twice).
     """
+    xp = get_array_module(grads[0])
     B, H, T, D = grads[0].shape
     out = backend.zeros((B, T, len(grads), H, D), like=grads[0])
     for i, g in enumerate(grads):
@@ -251,33 +257,57 @@ def _merge_heads(xp: Any, grads: list) -> Any:
     return xp.reshape(out, (B, T, len(grads) * H * D))
 
 
-def _combine(masks: list, dtype: Any) -> Any:
-    """One mask from several: bool if all are bool (masked where any is), else additive float."""
-    if len(masks) < 2:
-        return masks[0] if masks else None
-    xp = get_array_module(masks[0])
-    if all(dtype_name(m.dtype) == "bool" for m in masks):
-        combined = masks[0]
-        for m in masks[1:]:
-            combined = xp.logical_or(combined, m)
-        return combined
-    combined = _additive(masks[0], dtype)
-    for m in masks[1:]:
-        combined = combined + _additive(m, dtype)
-    return combined
+def _check_self(rng: Any) -> ModuleCheck:
+    m = MultiheadAttention(4, 2, dropout=0.3, dtype="float64")
+    m.in_proj_bias.data = backend.asarray(rng.normal(size=12) * 0.1)
+    return ModuleCheck(_Method(m, "self_attention"), (rng.normal(size=(2, 3, 4)),),
+                       {"key_padding_mask": padding_mask(2, 3), "is_causal": True})
 
 
-def _causal_bottom_right(L: int, S: int, like: Any) -> Any:
-    """(L, S) bool, True where key j > S - L + i: the L queries are the last L of S positions."""
-    xp = get_array_module(like)
-    i = xp.reshape(backend.arange(L, like=like), (L, 1)) + (S - L)
-    j = xp.reshape(backend.arange(S, like=like), (1, S))
-    return j > i
+def _check_cross(rng: Any) -> ModuleCheck:
+    m = MultiheadAttention(4, 2, dtype="float64")
+    mask = backend.asarray([[j < 2 and i == 0 for j in range(5)] for i in range(3)], dtype="bool")
+    return ModuleCheck(_Method(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
+                       {"attn_mask": mask, "key_padding_mask": padding_mask(2, 5)})
 
 
-def _additive(mask: Any, dtype: Any) -> Any:
-    """A boolean mask as an additive one (-inf where True); float masks pass through."""
-    if dtype_name(mask.dtype) != "bool":
-        return mask
-    xp = get_array_module(mask)
-    return xp.where(mask, backend.full((), -math.inf, dtype, like=mask), backend.full((), 0.0, dtype, like=mask))
+def _check_separate(rng: Any) -> ModuleCheck:
+    m = MultiheadAttention(4, 2, dtype="float64")
+    return ModuleCheck(m, tuple(rng.normal(size=(2, t, 4)) for t in (3, 5, 5)),
+                       {"key_padding_mask": padding_mask(2, 5), "need_weights": False})
+
+
+def _check_bias(rng: Any) -> ModuleCheck:
+    m = MultiheadAttention(4, 2, dtype="float64")
+    x, bias = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 3))  # bias (H, L, S), broadcast over B
+    return ModuleCheck(_Method(m, "self_attention", keywords=("attn_bias",)), (x, bias), {"is_causal": True})
+
+
+class _Method:
+    """A module's other forward (``self_attention``, ``cross_attention``) as a callable check_grad accepts.
+
+    The last inputs are passed by the names in ``keywords`` (check_grad perturbs inputs by position).
+    """
+
+    def __init__(self, module: Module, name: str, keywords: tuple = ()):
+        self.module, self.name, self.keywords = module, name, keywords
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        n = len(inputs) - len(self.keywords)
+        kwargs.update(zip(self.keywords, inputs[n:]))
+        return getattr(self.module, self.name)(*inputs[:n], **kwargs)
+
+    def backward(self, d: Any) -> Any:
+        return self.module.backward(d)
+
+    def named_parameters(self) -> Any:
+        return self.module.named_parameters()
+
+    def clear_saved(self) -> None:
+        self.module.clear_saved()
+
+
+register_module_check("MultiheadAttention.self", _check_self)
+register_module_check("MultiheadAttention.cross", _check_cross)
+register_module_check("MultiheadAttention.separate", _check_separate)
+register_module_check("MultiheadAttention.attn_bias", _check_bias)

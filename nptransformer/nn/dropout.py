@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks
-from ..functional.dropout import dropout_backward, dropout_forward
+from ..kernels.ops import dropout_backward, dropout_forward
+from ..registry import ModuleCheck, register_module_check
 from .module import Module
 
 
@@ -33,3 +34,12 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def _check(rng: Any) -> ModuleCheck:
+    # Checked in training mode: check_grad restores the default generator before every forward,
+    # so each forward draws the same mask.
+    return ModuleCheck(Dropout(0.4), (rng.normal(size=(3, 4)),))
+
+
+register_module_check("Dropout", _check)

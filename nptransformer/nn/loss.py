@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional.losses import cross_entropy_backward, cross_entropy_forward
+from ..kernels.ops import cross_entropy_backward, cross_entropy_forward
 from .module import Module
 
 

@@ -73,6 +73,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_saved", [])
+        object.__setattr__(self, "_inline", set())
         object.__setattr__(self, "training", True)
 
     # -- registration -------------------------------------------------------
@@ -81,11 +82,33 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before setting {name!r}")
         for table in (self._parameters, self._modules, self._buffers):
             table.pop(name, None)
+        self._inline.discard(name)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def register_inline(self, name: str, module: "Module") -> None:
+        """Register ``module`` as attribute ``name`` whose parameters are named as this module's own.
+
+        Why: a Transformer layer's feed-forward is a module of its own
+        (:class:`~nptransformer.nn.FeedForward`), but torch names its weights
+        ``linear1.weight``, not ``feed_forward.linear1.weight``; registered
+        inline, the state_dict keys stay torch's. Its children are also
+        reachable as attributes of this module (``layer.linear1``).
+        """
+        setattr(self, name, module)
+        self._inline.add(name)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: look into inline children (register_inline).
+        inline = self.__dict__.get("_inline", ())
+        for child in inline:
+            child_module = self.__dict__["_modules"][child]
+            if name in child_module._modules or name in child_module._parameters:
+                return getattr(child_module, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def register_buffer(self, name: str, array: Any, persistent: bool = True) -> None:
         """A non-trainable array that moves with ``to()``; in ``state_dict`` when persistent."""
@@ -134,7 +157,7 @@ class Module:
                 continue
             seen.add(id(m))
             yield name, m
-            stack[0:0] = [((f"{name}.{k}" if name else k), c) for k, c in m._modules.items()]
+            stack[0:0] = [(_child_name(name, k, k in m._inline), c) for k, c in m._modules.items()]
 
     def modules(self) -> Iterator["Module"]:
         """This module and all descendants."""
@@ -264,6 +287,13 @@ class Module:
             sub = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _child_name(parent: str, child: str, inline: bool) -> str:
+    """The dotted name of a child module; an inline child takes its parent's name."""
+    if inline:
+        return parent
+    return f"{parent}.{child}" if parent else child
 
 
 def _host(value: Any) -> np.ndarray:

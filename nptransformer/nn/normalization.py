@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
-from ..functional.normalization import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from ..kernels.ops import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from ..registry import ModuleCheck, register_module_check
 from .module import Module, Parameter
 
 
@@ -83,3 +84,20 @@ def _data(p: Parameter | None) -> Any:
 def _accumulate(p: Parameter | None, g: Any) -> None:
     if p is not None:
         p.accumulate(g)
+
+
+def _check_layer_norm(rng: Any) -> ModuleCheck:
+    m = LayerNorm(5, dtype="float64")
+    m.weight.data = backend.asarray(rng.normal(size=5))
+    m.bias.data = backend.asarray(rng.normal(size=5))
+    return ModuleCheck(m, (rng.normal(size=(2, 3, 5)),))
+
+
+def _check_rms_norm(rng: Any) -> ModuleCheck:
+    m = RMSNorm(5, dtype="float64")
+    m.weight.data = backend.asarray(rng.normal(size=5))
+    return ModuleCheck(m, (rng.normal(size=(2, 3, 5)),))
+
+
+register_module_check("LayerNorm", _check_layer_norm)
+register_module_check("RMSNorm", _check_rms_norm)

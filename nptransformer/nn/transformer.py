@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 from .. import _checks, backend
+from ..registry import ModuleCheck, register_module_check
 from . import init
+from ._examples import padding_mask
 from .module import Module, ModuleList
 from .normalization import LayerNorm
 from .transformer_layers import TransformerDecoderLayer, TransformerEncoderLayer
@@ -145,3 +147,16 @@ class Transformer(Module):
         xp = backend.xp
         above = xp.reshape(rows, (1, sz)) > xp.reshape(rows, (sz, 1))
         return xp.where(above, backend.full((), -math.inf, dtype), backend.full((), 0.0, dtype))
+
+
+def _check(norm_first: bool) -> Any:
+    def build(rng: Any) -> ModuleCheck:
+        m = Transformer(4, 2, 1, 2, dim_feedforward=6, dropout=0.0, norm_first=norm_first, dtype="float64")
+        return ModuleCheck(m, (rng.normal(size=(2, 4, 4)), rng.normal(size=(2, 3, 4))),
+                           {"tgt_is_causal": True, "src_key_padding_mask": padding_mask(2, 4)})
+
+    return build
+
+
+register_module_check("Transformer.post_ln", _check(False))
+register_module_check("Transformer.pre_ln", _check(True))

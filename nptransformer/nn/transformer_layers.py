@@ -9,40 +9,29 @@ Backward through a residual block sends the gradient down both paths and
 adds them; the order of the backward calls is the reverse of the forward.
 docs/backprop-walkthrough.md follows one gradient through both layers.
 
+The sublayers are built by factories, so other families need no surgery
+after construction: ``norm=lambda d: RMSNorm(d)`` for RMS norms,
+``feed_forward=lambda d: MyGatedFFN(d)`` for another feed-forward. The
+default feed-forward is a :class:`~nptransformer.nn.FeedForward`, registered
+inline so that the keys stay torch's (``linear1.weight``, not
+``feed_forward.linear1.weight``).
+
 For inference both layers take ``need_weights`` (their attention modules then
 keep ``attn_weights``) and ``cache``, a ``LayerCache`` (docs/generation.md).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .. import _checks
-from ..functional.linear_activation import linear_activation_backward, linear_activation_forward
-from .activation import GELU, ReLU, make_activation
+from ..registry import ModuleCheck, register_module_check
 from .attention import MultiheadAttention
 from .dropout import Dropout
-from .linear import Linear
+from .feed_forward import FeedForward
+from ._examples import padding_mask
 from .module import Module
-from .normalization import LayerNorm
-
-
-def _sum(*grads: Any) -> Any:
-    """Sum the gradients that are not None (an attention input may have received None)."""
-    present = [g for g in grads if g is not None]
-    total = present[0]
-    for g in present[1:]:
-        total = total + g
-    return total
-
-
-def _check_sizes(d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
-    _checks.check_positive_int("d_model", d_model)
-    _checks.check_positive_int("nhead", nhead)
-    _checks.check_positive_int("dim_feedforward", dim_feedforward)
-    if d_model % nhead:
-        raise ValueError(f"nhead ({nhead}) must divide d_model ({d_model})")
-    _checks.check_probability("dropout", dropout)
+from .normalization import LayerNorm, RMSNorm
 
 
 class _Sublayers(Module):
@@ -50,84 +39,74 @@ class _Sublayers(Module):
 
     Submodules are created in torch's order, so state_dict keys come out in
     the same order as torch's: self_attn, [multihead_attn], linear1, dropout,
-    linear2, norm1..n, dropout1..n (n = 3 with cross-attention, else 2).
+    linear2 (the inline feed-forward), norm1..n, dropout1..n (n = 3 with
+    cross-attention, else 2).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation: Any,
                  layer_norm_eps: float, batch_first: bool, norm_first: bool, bias: bool, dtype: Any,
-                 cross_attention: bool):
+                 cross_attention: bool, norm: Callable[[int], Module] | None,
+                 feed_forward: Callable[[int], Module] | None, attn_dropout: float | None):
         super().__init__()
-        _check_sizes(d_model, nhead, dim_feedforward, dropout)
+        _checks.check_positive_int("d_model", d_model)
+        _checks.check_positive_int("nhead", nhead)
+        if d_model % nhead:
+            raise ValueError(f"nhead ({nhead}) must divide d_model ({d_model})")
+        _checks.check_probability("dropout", dropout)
         self.norm_first = norm_first
-        attention = dict(dropout=dropout, bias=bias, batch_first=batch_first, dtype=dtype)
+        attention = dict(dropout=dropout if attn_dropout is None else attn_dropout, bias=bias,
+                         batch_first=batch_first, dtype=dtype)
         self.self_attn = MultiheadAttention(d_model, nhead, **attention)
         if cross_attention:
             self.multihead_attn = MultiheadAttention(d_model, nhead, **attention)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype)
+        if feed_forward is None:
+            ff = FeedForward(d_model, dim_feedforward, dropout, activation, bias=bias, dtype=dtype)
+        else:
+            ff = feed_forward(d_model)
+        self.register_inline("feed_forward", ff)
+        if norm is None:
+            def norm(d: int) -> Module:
+                return LayerNorm(d, eps=layer_norm_eps, bias=bias, dtype=dtype)
         n = 3 if cross_attention else 2
         for i in range(1, n + 1):
-            setattr(self, f"norm{i}", LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+            setattr(self, f"norm{i}", norm(d_model))
         for i in range(1, n + 1):
             setattr(self, f"dropout{i}", Dropout(dropout))
-        self.activation = make_activation(activation)
 
     def _self_attention(self, x: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool, cache: Any) -> Any:
-        y, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=need_weights,
-                              average_attn_weights=False, is_causal=is_causal,
-                              cache=None if cache is None else cache.self_attn)
+        y = self.self_attn.self_attention(x, attn_mask=mask, key_padding_mask=padding, is_causal=is_causal,
+                                          need_weights=need_weights, cache=None if cache is None else cache.self_attn)
         return self.dropout1(y)
 
     def _self_attention_backward(self, d: Any) -> Any:
-        return _sum(*self.self_attn.backward(self.dropout1.backward(d)))  # q, k, v were one array: add
-
-    def _fused_activation(self) -> str | None:
-        """The name linear_activation knows the activation by, when linear1 and it are the library's own modules."""
-        if type(self.linear1) is not Linear:
-            return None
-        if type(self.activation) is ReLU:
-            return "relu"
-        if type(self.activation) is GELU:
-            return "gelu_tanh" if self.activation.approximate == "tanh" else "gelu"
-        return None
+        return self.self_attn.backward(self.dropout1.backward(d))  # q, k and v paths already added
 
     def _feed_forward(self, x: Any, out_dropout: Module) -> Any:
-        fused = self._fused_activation()
-        if fused is None:
-            h = self.activation(self.linear1(x))
-        else:
-            # linear1 and the activation as one op, so the (B, T, dim_feedforward) pre-activation
-            # is never stored (functional/linear_activation.py); the math is the same.
-            bias = self.linear1.bias.data if self.linear1.bias is not None else None
-            h, ctx = linear_activation_forward(x, self.linear1.weight.data, bias, fused)
-            self.save_for_backward(ctx)
-        return out_dropout(self.linear2(self.dropout(h)))
+        return out_dropout(self.feed_forward(x))
 
     def _feed_forward_backward(self, d: Any, out_dropout: Module) -> Any:
-        d = self.dropout.backward(self.linear2.backward(out_dropout.backward(d)))
-        if self._fused_activation() is None:
-            return self.linear1.backward(self.activation.backward(d))
-        dx, dweight, dbias = linear_activation_backward(d, self.saved())
-        self.linear1.weight.accumulate(dweight)
-        if self.linear1.bias is not None:
-            self.linear1.bias.accumulate(dbias)
-        return dx
+        return self.feed_forward.backward(out_dropout.backward(d))
 
 
 class TransformerEncoderLayer(_Sublayers):
-    """Self-attention + feed-forward, each wrapped in a residual and a LayerNorm.
+    """Self-attention + feed-forward, each wrapped in a residual and a norm.
 
     Shapes: src (B, S, E) -> (B, S, E). Submodule names (``self_attn``,
     ``linear1``, ``linear2``, ``norm1``, ``norm2``, ``dropout``,
-    ``dropout1``, ``dropout2``) match torch's state_dict keys.
+    ``dropout1``, ``dropout2``) match torch's state_dict keys. Beyond
+    torch's arguments: ``norm`` (d_model -> a norm Module, default
+    LayerNorm), ``feed_forward`` (d_model -> a Module, default
+    :class:`FeedForward`), ``attn_dropout`` (the attention probabilities'
+    dropout when it differs from ``dropout``, as in BERT).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Any = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
-                 norm_first: bool = False, bias: bool = True, dtype: Any = "float32"):
+                 norm_first: bool = False, bias: bool = True, dtype: Any = "float32", *,
+                 norm: Callable[[int], Module] | None = None, feed_forward: Callable[[int], Module] | None = None,
+                 attn_dropout: float | None = None):
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, dtype, cross_attention=False)
+                         norm_first, bias, dtype, False, norm, feed_forward, attn_dropout)
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False,
                 need_weights: bool = False, cache: Any = None) -> Any:
@@ -163,14 +142,17 @@ class TransformerDecoderLayer(_Sublayers):
 
     Shapes: tgt (B, T, E), memory (B, S, E) -> (B, T, E). Submodule names
     (``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``,
-    ``norm1..3``, ``dropout``, ``dropout1..3``) match torch's.
+    ``norm1..3``, ``dropout``, ``dropout1..3``) match torch's; ``norm``,
+    ``feed_forward`` and ``attn_dropout`` as in :class:`TransformerEncoderLayer`.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Any = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
-                 norm_first: bool = False, bias: bool = True, dtype: Any = "float32"):
+                 norm_first: bool = False, bias: bool = True, dtype: Any = "float32", *,
+                 norm: Callable[[int], Module] | None = None, feed_forward: Callable[[int], Module] | None = None,
+                 attn_dropout: float | None = None):
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, dtype, cross_attention=True)
+                         norm_first, bias, dtype, True, norm, feed_forward, attn_dropout)
 
     def forward(self, tgt: Any, memory: Any, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
@@ -198,9 +180,8 @@ class TransformerDecoderLayer(_Sublayers):
 
     def _cross_attention(self, x: Any, memory: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool,
                          cache: Any) -> Any:
-        y, _ = self.multihead_attn(x, memory, memory, attn_mask=mask, key_padding_mask=padding,
-                                   need_weights=need_weights, average_attn_weights=False, is_causal=is_causal,
-                                   cache=cache)
+        y = self.multihead_attn.cross_attention(x, memory, attn_mask=mask, key_padding_mask=padding,
+                                                is_causal=is_causal, need_weights=need_weights, cache=cache)
         return self.dropout2(y)
 
     def backward(self, d: Any) -> tuple[Any, Any]:
@@ -208,17 +189,45 @@ class TransformerDecoderLayer(_Sublayers):
         if self.norm_first:
             # forward: x1 = x0 + sa(n1(x0)); x2 = x1 + ca(n2(x1), m); x3 = x2 + ff(n3(x2))
             d2 = d + self.norm3.backward(self._feed_forward_backward(d, self.dropout3))
-            dq, dmem = self._cross_attention_backward(d2)
+            dq, dmem = self.multihead_attn.backward(self.dropout2.backward(d2))
             d1 = d2 + self.norm2.backward(dq)
             return d1 + self.norm1.backward(self._self_attention_backward(d1)), dmem
         # forward: x1 = n1(x0 + sa(x0)); x2 = n2(x1 + ca(x1, m)); x3 = n3(x2 + ff(x2))
         dz3 = self.norm3.backward(d)
         d2 = dz3 + self._feed_forward_backward(dz3, self.dropout3)
         dz2 = self.norm2.backward(d2)
-        dq, dmem = self._cross_attention_backward(dz2)
+        dq, dmem = self.multihead_attn.backward(self.dropout2.backward(dz2))
         dz1 = self.norm1.backward(dz2 + dq)
         return dz1 + self._self_attention_backward(dz1), dmem
 
-    def _cross_attention_backward(self, d: Any) -> tuple[Any, Any]:
-        dq, dmem, _ = self.multihead_attn.backward(self.dropout2.backward(d))  # key was value: all of it in dkey
-        return dq, dmem
+
+def _encoder_check(norm_first: bool) -> Callable[[Any], ModuleCheck]:
+    def build(rng: Any) -> ModuleCheck:
+        m = TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.2, activation="gelu", norm_first=norm_first,
+                                    dtype="float64")
+        return ModuleCheck(m, (rng.normal(size=(2, 3, 4)),), {"src_key_padding_mask": padding_mask(2, 3)})
+
+    return build
+
+
+def _decoder_check(norm_first: bool) -> Callable[[Any], ModuleCheck]:
+    def build(rng: Any) -> ModuleCheck:
+        m = TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.0, norm_first=norm_first, dtype="float64")
+        return ModuleCheck(m, (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 4))),
+                           {"tgt_is_causal": True, "memory_key_padding_mask": padding_mask(2, 4)})
+
+    return build
+
+
+def _rms_gated_check(rng: Any) -> ModuleCheck:
+    m = TransformerEncoderLayer(4, 2, dropout=0.0, norm_first=True, dtype="float64",
+                                norm=lambda d: RMSNorm(d, dtype="float64"),
+                                feed_forward=lambda d: FeedForward(d, 5, activation="relu", bias=False, dtype="float64"))
+    return ModuleCheck(m, (rng.normal(size=(2, 3, 4)),), {"is_causal": True})
+
+
+register_module_check("EncoderLayer.post_ln", _encoder_check(False))
+register_module_check("EncoderLayer.pre_ln", _encoder_check(True))
+register_module_check("EncoderLayer.rms_norm_factories", _rms_gated_check)
+register_module_check("DecoderLayer.post_ln", _decoder_check(False))
+register_module_check("DecoderLayer.pre_ln", _decoder_check(True))

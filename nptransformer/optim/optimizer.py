@@ -19,9 +19,10 @@ import math
 import numbers
 from typing import Any, Callable, Iterable
 
-from .. import backend, parallel
+from .. import backend
 from .._checks import FLOAT_DTYPES, check_probability
 from ..backend import dtype_name
+from ..kernels.parameter_slabs import for_each_parameter
 from ..nn.module import Module, Parameter
 
 
@@ -158,11 +159,8 @@ class Optimizer:
                         f"{dtype_name(p.grad.dtype)}; expected the parameter's {p.shape} and {dtype_name(p.dtype)}"
                     )
                 updates.append((p, group, self.state.setdefault(p, {})))
-        # Parameters update independently, so with set_num_threads(n) each thread takes a run of
-        # them holding about 1/n of the elements.
-        on_numpy = bool(updates) and backend.backend_of(updates[0][0].data) == "numpy"
-        runs = parallel.balanced([p.size for p, _, _ in updates]) if on_numpy else [(0, len(updates))]
-        parallel.run(lambda lo, hi: [self._update(*u) for u in updates[lo:hi]], runs)
+        # Parameters update independently: with set_num_threads(n) each thread takes a run of them.
+        for_each_parameter(lambda u: self._update(*u), updates, [p.data for p, _, _ in updates])
 
     def zero_grad(self) -> None:
         """Set every parameter's ``grad`` to None (the next backward starts a fresh sum)."""

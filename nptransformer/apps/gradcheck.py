@@ -1,7 +1,7 @@
 """``python -m nptransformer gradcheck``: every registered op, layer and model, one row each.
 
-Ops come from :data:`nptransformer.functional.OPS`, layers and models from
-:data:`nptransformer.nn.check_registry.MODULE_CHECKS`; each is checked in
+Ops, layers and models come from the one registry (:mod:`nptransformer.registry`:
+``OPS`` and ``MODULE_CHECKS``); each is checked in
 float64 under every requested backend with :func:`~nptransformer.gradcheck.check_grad`.
 """
 
@@ -13,14 +13,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import backend
-from .gradcheck import GradcheckReport, check_grad
+from .. import backend
+from ..gradcheck import GradcheckReport, check_grad
 
 
 def _targets() -> Iterator[tuple[str, str, Any]]:
-    from . import models, nn  # noqa: F401  (importing registers the layer and model checks)
-    from .functional import OPS
-    from .nn.check_registry import MODULE_CHECKS
+    from ..registry import MODULE_CHECKS, OPS, load_all
+
+    load_all()
 
     for name, spec in OPS.items():
         yield name, "op", spec

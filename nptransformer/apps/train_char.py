@@ -19,15 +19,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import backend
-from .backend import Generator, to_numpy
-from .data import char_batch
-from .generation.inference import inference
-from .models import GPT
-from .nn import CrossEntropyLoss
-from .optim import AdamW, WarmupCosine, param_groups_for_weight_decay
-from .tokenizers import CharTokenizer
-from .training import Trainer, TrainingDiverged, blas_threads, format_duration
+from .. import backend
+from ..backend import Generator, to_numpy
+from ..data import char_batch
+from ..generation.inference import inference
+from ..models import GPT
+from ..nn import CrossEntropyLoss
+from ..optim import AdamW, WarmupCosine, param_groups_for_weight_decay
+from ..tokenizers import CharTokenizer
+from ..training import Trainer, TrainingDiverged, blas_threads, format_duration
 
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[CharTokenizer, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ so PyTorch's steps get it too); ``--no-pool`` and ``--no-retain-memory``
 turn these off to measure what each brings.
 
 ``--compare-torch`` races the same model in PyTorch eager (see
-:mod:`nptransformer.bench_torch`) with the same weights, data and thread
+:mod:`nptransformer.apps.bench_torch`) with the same weights, data and thread
 count, the two steps alternating so that both see the same machine load.
 ``--profile`` adds where the time goes, op by op. docs/performance.md has
 the measured numbers and how to read them.
@@ -33,60 +33,29 @@ the measured numbers and how to read them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any, Callable
 
 import numpy as np
 
-from . import backend, parallel
-from .functional._blocks import matmul
-from .memory import retain_freed_memory
-from .training import blas_threads
-
-
-@dataclass
-class BenchConfig:
-    """What to run. ``seq_len`` None means ``block_size``; ``threads`` None keeps the BLAS library's count."""
-
-    vocab_size: int = 512
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
-    batch_size: int = 16
-    seq_len: int | None = None
-    dtype: str = "float32"
-    dropout: float = 0.0
-    steps: int = 10
-    warmup: int = 2
-    backend: str = "numpy"
-    checkpoint_activations: bool = False
-    compare_torch: bool = False
-    threads: int | None = None
-    pool: bool = True
-    retain_memory: bool = True
-    gemm_size: int = 2048
-    profile: bool = False
-    memory: bool = True
-    generation: bool = True
-    seed: int = 0
-
-    @property
-    def tokens(self) -> int:
-        """Tokens per step, B * T."""
-        return self.batch_size * (self.seq_len or self.block_size)
+from .. import backend, parallel
+from ..kernels._gemm import matmul
+from ..memory import retain_freed_memory
+from ..training import blas_threads
+from .defaults import BenchConfig
 
 
 # -- building the step --------------------------------------------------------------------------
 def build_model(cfg: BenchConfig) -> Any:
     """The GPT of the config on the current backend (seeded, so every process builds the same weights)."""
-    from .models import GPT
+    from ..models import GPT
 
     model = GPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.d_model, dropout=cfg.dropout,
                 dtype=cfg.dtype, generator=backend.Generator(cfg.seed))
@@ -104,8 +73,8 @@ def batch(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def training_step(model: Any, idx: np.ndarray, targets: np.ndarray, lr: float = 3e-4) -> Callable[[], Any]:
     """A closure running forward + cross-entropy + backward + AdamW step + zero_grad; returns the loss (0-d array)."""
-    from .nn import CrossEntropyLoss
-    from .optim import AdamW
+    from ..nn import CrossEntropyLoss
+    from ..optim import AdamW
 
     criterion, optimizer = CrossEntropyLoss(), AdamW(model.parameters(), lr=lr)
     idx, targets = backend.asarray(idx), backend.asarray(targets)
@@ -157,6 +126,13 @@ def gemm_seconds(n: int, dtype: str, product: Callable[[Any, Any], Any] = lambda
     return run
 
 
+def _engine(cfg: BenchConfig) -> Any:
+    """The kernels as configured (the default), or the reference ops alone with ``reference``."""
+    from ..kernels import reference_only
+
+    return reference_only() if cfg.reference else contextlib.nullcontext()
+
+
 def pool_threads(cfg: BenchConfig, threads: int) -> int:
     """The thread count nptransformer's ops get: ``threads`` on NumPy with the pool on and threadpoolctl present, else 1."""
     if not cfg.pool or cfg.backend != "numpy" or threads <= 1:
@@ -180,7 +156,7 @@ def _timed(step: Callable[[], Any]) -> float:
 def run(cfg: BenchConfig) -> dict:
     """Time the config's training step (and PyTorch's when asked); returns every number the report prints."""
     retained = retain_freed_memory() if cfg.retain_memory else False
-    with backend.use(cfg.backend), blas_threads(cfg.threads):
+    with backend.use(cfg.backend), blas_threads(cfg.threads), _engine(cfg):
         threads, blas = blas_info()
         threads = cfg.threads or threads
         pool = pool_threads(cfg, threads)
@@ -230,7 +206,7 @@ def run(cfg: BenchConfig) -> dict:
 
 
 def _generation(model: Any) -> dict:
-    from .generation import benchmark_generation
+    from ..generation import benchmark_generation
 
     prompt = min(8, model.block_size // 2)  # generate() itself switches to eval mode and back
     return benchmark_generation(model, batch_size=1, prompt_len=prompt, new_tokens=min(64, model.block_size - prompt))
@@ -254,7 +230,7 @@ def peak_memory(cfg: BenchConfig, racer: str) -> dict:
     the steps minus the RSS before the model was built, and (NumPy only) the
     peak of tracemalloc over the same span; None where not measurable.
     """
-    code = ("import json, sys; from nptransformer.bench import _memory_child; "
+    code = ("import json, sys; from nptransformer.apps.bench import _memory_child; "
             f"print(json.dumps(_memory_child(json.loads(sys.argv[1]), {racer!r})))")
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
@@ -281,7 +257,7 @@ def _memory_child(cfg_dict: dict, racer: str) -> dict:
 
         torch.set_num_threads(threads)
     traced = racer == "ours" and cfg.backend != "cupy"
-    with backend.use(cfg.backend), blas_threads(cfg.threads), parallel.num_threads(pool):
+    with backend.use(cfg.backend), blas_threads(cfg.threads), parallel.num_threads(pool), _engine(cfg):
         before = _rss_kib()
         if traced:
             tracemalloc.start()
@@ -321,54 +297,55 @@ class _DevicePeak:
 
 # -- where the time goes ------------------------------------------------------------------------
 def profile_ops(step: Callable[[], Any], steps: int) -> list[tuple[str, float]]:
-    """Milliseconds per step spent in each registered op's forward and backward and in the optimizer.
+    """Milliseconds per step spent in each op's forward and backward, and in the optimizer.
 
-    Every registered op (:data:`nptransformer.functional.OPS`) is wrapped in a
-    timer for the duration, wherever a module imported it; times are
-    exclusive (softmax inside attention counts once, under softmax). What
-    is left of the step is module glue: residual adds, head reshapes,
-    parameter bookkeeping. Rows are sorted by time, the rest last.
+    Every call through the dispatch (:mod:`nptransformer.kernels.dispatch`)
+    is timed for the duration and labelled with the op and whichever ran it
+    (a kernel's name, or "reference"); times are exclusive. What is left of
+    the step is module glue: residual adds, head reshapes, parameter
+    bookkeeping. Rows are sorted by time, the rest last.
     """
-    from .functional import OPS
+    from ..kernels import dispatch
 
-    labels = {}
-    for spec in OPS.values():
-        labels[id(spec.forward)] = (spec.forward, f"{spec.name} forward")
-        labels[id(spec.backward)] = (spec.backward, f"{spec.name} backward")
     totals: dict[str, float] = defaultdict(float)
     stack: list[float] = []
 
-    def timer(fn: Callable, label: str) -> Callable:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            stack.append(0.0)
-            start = time.perf_counter()
-            try:
-                out = fn(*args, **kwargs)
-                backend.synchronize()
-                return out
-            finally:
-                elapsed = time.perf_counter() - start
-                totals[label] += elapsed - stack.pop()
-                if stack:
-                    stack[-1] += elapsed
+    def timed(label: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        stack.append(0.0)
+        start = time.perf_counter()
+        try:
+            out = fn(*args, **kwargs)
+            backend.synchronize()
+            return out
+        finally:
+            elapsed = time.perf_counter() - start
+            totals[label] += elapsed - stack.pop()
+            if stack:
+                stack[-1] += elapsed
 
-        return timed
+    forward, backward = dispatch.forward, dispatch.backward
 
-    patched = []
-    for module in [m for name, m in list(sys.modules.items()) if name.startswith("nptransformer") and m]:
-        for attr, value in list(vars(module).items()):
-            if id(value) in labels and labels[id(value)][0] is value:
-                patched.append((module, attr, value))
-                setattr(module, attr, timer(value, labels[id(value)][1]))
+    def label(runner: Any, direction: str) -> str:
+        name = getattr(runner, "name", "")
+        who = "reference" if runner is dispatch.OPS.get(name) else name
+        return f"{getattr(runner, 'op', name)} {direction} ({who})"
+
+    def timed_forward(op: str, *args: Any, **kwargs: Any) -> Any:
+        runner = dispatch.choose(op, *args, **kwargs)
+        return timed(label(runner, "forward"), forward, op, *args, **kwargs)
+
+    def timed_backward(dout: Any, ctx: Any) -> Any:
+        return timed(label(ctx.runner, "backward"), backward, dout, ctx)
+
     optimizer = step.optimizer
-    optimizer.step = timer(optimizer.step, "AdamW step")
+    optimizer.step = lambda: timed("AdamW step", type(optimizer).step, optimizer)
+    dispatch.forward, dispatch.backward = timed_forward, timed_backward
     try:
         total = sum(_timed(step) for _ in range(steps))
     finally:
         del optimizer.step
-        for module, attr, value in patched:
-            setattr(module, attr, value)
-    rows = sorted(((label, 1e3 * t / steps) for label, t in totals.items()), key=lambda row: -row[1])
+        dispatch.forward, dispatch.backward = forward, backward
+    rows = sorted(((name, 1e3 * t / steps) for name, t in totals.items()), key=lambda row: -row[1])
     return rows + [("other (module glue)", 1e3 * (total - sum(totals.values())) / steps)]
 
 
@@ -386,7 +363,8 @@ def format_report(result: dict) -> str:
         f"nptransformer: set_num_threads({result['pool_threads']})"
         + (" (BLAS held to 1 thread, GEMMs split by the pool)" if result["pool_threads"] > 1 else "")
         + ("; freed memory retained (nptransformer.memory)" if result["retained_memory"] else
-           "; freed memory returned to the OS (malloc's defaults)"),
+           "; freed memory returned to the OS (malloc's defaults)")
+        + ("; reference ops only (kernels off)" if cfg.reference else "; kernels on"),
         f"training step = forward + cross-entropy + backward + AdamW; median of {cfg.steps} steps "
         f"after {cfg.warmup} warm-up",
         f"model FLOPs per step (GPT.flops_per_token x B x T): {result['flops_per_step'] / 1e9:.2f} GFLOP",

@@ -26,7 +26,7 @@ def torch_gpt(vocab_size: int, block_size: int, n_layer: int, n_head: int, d_mod
     import torch.nn.functional as F
     from torch import nn
 
-    from . import backend
+    from .. import backend
 
     C, H, p = d_model, n_head, dropout
 

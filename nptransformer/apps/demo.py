@@ -1,7 +1,7 @@
 """``nptransformer demo``: prove the gradients, then watch an encoder-decoder learn.
 
 Part 1 prints the gradient-check table of every registered op, layer and
-model (:mod:`nptransformer.gradcheck_suite`). Part 2 trains a small
+model (:mod:`nptransformer.apps.gradcheck`). Part 2 trains a small
 :class:`~nptransformer.Seq2SeqTransformer` to reverse digit sequences of
 varying length (:class:`~nptransformer.data.ReversalTask`) and shows greedy
 decodes of held-out sequences. :func:`train_reversal` is also what
@@ -16,14 +16,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import backend
-from .backend import Generator, to_numpy
-from .data import ReversalTask
-from .generation import greedy_decode
-from .models import Seq2SeqTransformer
-from .nn import CrossEntropyLoss
-from .optim import AdamW, WarmupCosine, param_groups_for_weight_decay
-from .training import Trainer, blas_threads
+from .. import backend
+from ..backend import Generator, to_numpy
+from ..data import ReversalTask
+from ..generation import greedy_decode
+from ..models import Seq2SeqTransformer
+from ..nn import CrossEntropyLoss
+from ..optim import AdamW, WarmupCosine, param_groups_for_weight_decay
+from ..training import Trainer, blas_threads
 
 
 def reversal_model(task: ReversalTask, seed: int = 0) -> Seq2SeqTransformer:
@@ -80,7 +80,7 @@ def show_decodes(model: Any, task: ReversalTask, n: int = 6, seed: int = 7, out:
 
 def run_cli(args: argparse.Namespace) -> int:
     """The ``demo`` command: gradient-check table, then a short reversal training run with decodes."""
-    from .gradcheck_suite import run_cli as gradcheck
+    from .gradcheck import run_cli as gradcheck
 
     print("== 1. Every backward against finite differences (float64) ==\n", flush=True)
     status = gradcheck(argparse.Namespace(backend=["numpy"], only=None))
