@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-from . import backend, functional, generation, models, nn, optim, parallel, viz
+from . import backend, functional, generation, kernels, models, nn, optim, parallel, registry, viz
 from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .io import load_checkpoint, save_checkpoint
@@ -15,6 +15,6 @@ from .parallel import get_num_threads, num_threads, set_num_threads
 from .models import BERT, GPT, Seq2SeqTransformer
 from .tokenizers import BertTokenizer, CharTokenizer
 
-__all__ = ["__version__", "backend", "functional", "nn", "optim", "models", "generation", "viz", "no_grad", "is_grad_enabled",
+__all__ = ["__version__", "backend", "functional", "kernels", "registry", "nn", "optim", "models", "generation", "viz", "no_grad", "is_grad_enabled",
            "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "BertTokenizer", "CharTokenizer",
            "save_checkpoint", "load_checkpoint", "parallel", "set_num_threads", "get_num_threads", "num_threads"]

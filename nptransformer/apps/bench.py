@@ -411,7 +411,8 @@ def format_report(result: dict) -> str:
     if result.get("profile"):
         step_ms = 1e3 * result["seconds"]["ours"]
         lines += ["", "where the time goes (nptransformer, ms per step, exclusive; timers add a little):"]
-        lines += [f"  {label:<40}{ms:>9.2f}{100 * ms / step_ms:>8.1f}%" for label, ms in result["profile"]]
+        width = max(len(label) for label, _ in result["profile"]) + 2
+        lines += [f"  {label:<{width}}{ms:>9.2f}{100 * ms / step_ms:>8.1f}%" for label, ms in result["profile"]]
     return "\n".join(lines)
 
 

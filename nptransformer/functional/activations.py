@@ -83,7 +83,7 @@ def gelu_backward(dy: Any, ctx: tuple) -> Any:
     """
     x, approximate = ctx
     if approximate == "tanh":
-        t = _tanh_inner(x)
+        t = _tanh_inner(x)  # forward: t = tanh(u), recomputed from the saved x
         du = _SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)  # forward: u = sqrt(2/pi) (x + 0.044715 x^3)
         slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du  # forward: y = x (1 + tanh(u)) / 2
     else:

@@ -68,8 +68,8 @@ def layer_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
     xp = get_array_module(dy, xhat)
     g = dy if weight is None else dy * weight  # forward: y = xhat * weight + bias
     mean_g = xp.mean(g, axis=-1, keepdims=True)  # forward: xc = x - mean(x)
-    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: xhat = xc * rstd, rstd = 1/std(x)
-    dx = rstd * (g - mean_g - xhat * mean_gx)
+    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: rstd = 1/sqrt(var(x) + eps)
+    dx = rstd * (g - mean_g - xhat * mean_gx)  # forward: xhat = xc * rstd, each term undoing one step
     dweight = None if weight is None else _sum_rows(dy * xhat)  # forward: y = xhat * weight, in every row
     dbias = _sum_rows(dy) if has_bias else None  # forward: y = ... + bias, in every row
     return dx, dweight, dbias
@@ -101,8 +101,8 @@ def rms_norm_backward(dy: Any, ctx: tuple) -> tuple[Any, Any]:
     xhat, rstd, weight = ctx
     xp = get_array_module(dy, xhat)
     g = dy if weight is None else dy * weight  # forward: y = xhat * weight
-    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: xhat = x * rstd, rstd = 1/rms(x)
-    dx = rstd * (g - xhat * mean_gx)
+    mean_gx = xp.mean(g * xhat, axis=-1, keepdims=True)  # forward: rstd = 1/sqrt(mean(x^2) + eps)
+    dx = rstd * (g - xhat * mean_gx)  # forward: xhat = x * rstd
     dweight = None if weight is None else _sum_rows(dy * xhat)  # forward: y = xhat * weight, in every row
     return dx, dweight
 
