@@ -81,7 +81,8 @@ def cross_entropy_backward(dloss: Any, ctx: tuple) -> Any:
 
     with dloss_token = dloss / N_valid ("mean"), dloss ("sum") or dloss[...]
     ("none"), and 0 on ignored tokens. ``dloss``: a 0-d array or a Python
-    float for "mean"/"sum", an array of the target's shape for "none".
+    float for "mean"/"sum", an array of the target's shape for "none" (or a
+    number, when the target is 0-d).
     Derivation: docs/ops/cross_entropy.md.
     """
     logp, safe, valid, count, smoothing, reduction = ctx
