@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks, backend
+from . import _checks
 from .backend import dtype_name, get_array_module
 from .models.bert import BERT, HIDDEN_ACTS
 from .models.gpt import GPT

@@ -125,8 +125,9 @@ def _norm_cases(t: Any, *, with_bias: bool) -> Any:
     @t.st.composite
     def cases(draw: Any) -> Case:
         # With C = 2 (layer norm) or C = 1 (RMS norm) the output is +-1 up to O(eps), the gradient
-        # is O(eps) and a relative error against it measures rounding noise: start one wider.
-        c = draw(t.sides(3 if with_bias else 2, 6))
+        # is O(eps) and a relative error against it measures rounding noise; RMS norm at C = 2 is
+        # still close (4.4e-6 seen in 300 examples): both start at C = 3.
+        c = draw(t.sides(3, 6))
         # |x| >= 0.3 keeps rows away from all-zero (RMS norm's singular point, eps ~ 1e-16)
         x = draw(t.float_arrays(draw(t.shapes(0, 2, max_side=3)) + (c,), min_magnitude=0.3))
         optional = t.st.one_of(t.st.none(), t.float_arrays((c,)))

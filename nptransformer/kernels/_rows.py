@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .. import backend, parallel
+from .. import _checks, backend, parallel
 from ..backend import backend_of, get_array_module
+from .dispatch import Kernel
 
 #: Elements per block of the widest input: 64 Ki float32 = 256 KiB a temporary, so the
 #: half-dozen temporaries of a GELU backward fit a 1-2 MiB L2 cache with room to spare.
@@ -32,6 +33,18 @@ WHOLE_ELEMENTS = 1 << 20
 ROW_SETTINGS = {"block_elements": BLOCK_ELEMENTS, "whole_elements": WHOLE_ELEMENTS,
                 "min_elements": parallel.MIN_ELEMENTS}
 ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "min_elements": 1}
+
+
+class RowKernel(Kernel):
+    """A kernel that works through row blocks: :data:`ROW_SETTINGS`, and it applies to NumPy and CuPy
+    arrays (on CuPy the rows run whole, one GPU kernel per operator); ``array_api_strict`` gets the
+    reference. Subclasses may narrow :meth:`applies`."""
+
+    defaults = ROW_SETTINGS
+    test_settings = ROW_TEST_SETTINGS
+
+    def applies(self, x: Any, *args: Any, **kwargs: Any) -> bool:
+        return _checks.is_array(x) and backend_of(x) in ("numpy", "cupy")
 
 
 def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, width: int = 0) -> Any:

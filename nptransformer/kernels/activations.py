@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import _checks
-from ..backend import backend_of, erf, get_array_module
+from ..backend import erf, get_array_module
 from ..functional.activations import GELU_CUBIC, check_gelu_inputs
 from ..grad_mode import is_grad_enabled
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, rowwise
-from .dispatch import Kernel, register_kernel
+from ._rows import RowKernel, rowwise
+from .dispatch import register_kernel
 
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -110,7 +109,7 @@ ACTIVATION_BLOCKS = {
 }
 
 
-class GeluSlope(Kernel):
+class GeluSlope(RowKernel):
     """GELU (either form) with y and gelu'(x) computed together, the slope saved instead of x.
 
     Applies to NumPy and CuPy arrays (on CuPy the bodies run whole, one
@@ -122,11 +121,7 @@ class GeluSlope(Kernel):
 
     op = "gelu"
     name = "gelu.slope"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
-    def applies(self, x: Any, approximate: str = "none") -> bool:
-        return _checks.is_array(x) and backend_of(x) in ("numpy", "cupy")
 
     def forward(self, x: Any, approximate: str = "none") -> tuple[Any, Any]:
         check_gelu_inputs(x, approximate)

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _checks
-from ..backend import arange, backend_of, get_array_module
+from ..backend import arange, get_array_module
 from ..functional.losses import check_cross_entropy_inputs, reduce_token_losses, token_dloss
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, over_last_axis, row_sums
-from .dispatch import Kernel, register_kernel
+from ._rows import RowKernel, over_last_axis, row_sums
+from .dispatch import register_kernel
 from .softmax import normalized_exp
 
 
@@ -53,7 +52,7 @@ def _logit_grads(probs: Any, target: Any, valid: Any, scale: Any, smoothing: flo
     return xp.where(valid, (probs - q) * scale, 0.0)
 
 
-class CrossEntropyRows(Kernel):
+class CrossEntropyRows(RowKernel):
     """Cross-entropy a block of rows at a time; saves softmax(logits) (..., C), the ids and the mask.
 
     Applies to NumPy and CuPy logits (on CuPy the rows run whole). Shapes as
@@ -63,12 +62,7 @@ class CrossEntropyRows(Kernel):
 
     op = "cross_entropy"
     name = "cross_entropy.rows"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
-    def applies(self, logits: Any, target: Any, ignore_index: int = -100, label_smoothing: float = 0.0,
-                reduction: str = "mean") -> bool:
-        return _checks.is_array(logits) and backend_of(logits) in ("numpy", "cupy")
 
     def forward(self, logits: Any, target: Any, ignore_index: int = -100, label_smoothing: float = 0.0,
                 reduction: str = "mean") -> tuple[Any, tuple]:

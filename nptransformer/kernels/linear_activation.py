@@ -40,16 +40,16 @@ from .. import parallel
 from ..backend import backend_of, get_array_module
 from ..functional.linear_activation import check_linear_activation_inputs
 from ..grad_mode import is_grad_enabled
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, rowwise
+from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, RowKernel, rowwise
 from .activations import ACTIVATION_BLOCKS
-from .dispatch import Kernel, register_kernel
+from .dispatch import register_kernel
 from .linear import pooled_linear_backward
 
 #: Elements of dh per block of the threaded backward (1 MiB of float32: 256 rows at C_out = 1024).
 BACKWARD_BLOCK = 1 << 18
 
 
-class FusedLinearActivation(Kernel):
+class FusedLinearActivation(RowKernel):
     """y = act(x W^T + b) with h computed and activated a block of rows at a time.
 
     Applies to every NumPy and CuPy call (on CuPy the product and the
@@ -68,8 +68,6 @@ class FusedLinearActivation(Kernel):
     defaults = {**ROW_SETTINGS, "backward_block": BACKWARD_BLOCK}
     test_settings = {**ROW_TEST_SETTINGS, "backward_block": 8}
 
-    def applies(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> bool:
-        return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
 
     def forward(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> tuple[Any, Any]:
         check_linear_activation_inputs(x, weight, bias, activation)

@@ -20,16 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _checks
-from ..backend import backend_of, get_array_module
+from ..backend import get_array_module
 from ..functional.normalization import check_norm_inputs
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, column_sums, over_last_axis, row_sums
-from .dispatch import Kernel, register_kernel
-
-
-def _applies(x: Any) -> bool:
-    """NumPy and CuPy arrays (on CuPy the rows run whole, one kernel per operator)."""
-    return _checks.is_array(x) and backend_of(x) in ("numpy", "cupy")
+from ._rows import RowKernel, column_sums, over_last_axis, row_sums
+from .dispatch import register_kernel
 
 
 def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
@@ -74,7 +68,7 @@ def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
     return dx
 
 
-class LayerNormRows(Kernel):
+class LayerNormRows(RowKernel):
     """Layer norm in row blocks, normalised in place; saves what the reference saves.
 
     Applies to NumPy and CuPy arrays. Shapes and context as
@@ -84,11 +78,7 @@ class LayerNormRows(Kernel):
 
     op = "layer_norm"
     name = "layer_norm.rows"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
-    def applies(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> bool:
-        return _applies(x)
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> tuple[Any, tuple]:
         check_norm_inputs(x, weight, bias, eps)
@@ -105,7 +95,7 @@ class LayerNormRows(Kernel):
         return dx, dweight, dbias
 
 
-class RMSNormRows(Kernel):
+class RMSNormRows(RowKernel):
     """RMS norm in row blocks; saves what the reference saves.
 
     Applies to NumPy and CuPy arrays. Shapes and context as
@@ -115,11 +105,7 @@ class RMSNormRows(Kernel):
 
     op = "rms_norm"
     name = "rms_norm.rows"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
-    def applies(self, x: Any, weight: Any = None, eps: float | None = None) -> bool:
-        return _applies(x)
 
     def forward(self, x: Any, weight: Any = None, eps: float | None = None) -> tuple[Any, tuple]:
         check_norm_inputs(x, weight, None, eps)

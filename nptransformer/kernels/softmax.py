@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .. import _checks
 from ..backend import backend_of, get_array_module
 from ..functional.softmax import check_softmax_inputs, shift_by_max
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, over_last_axis, row_sums
-from .dispatch import Kernel, register_kernel
+from ._rows import RowKernel, over_last_axis, row_sums
+from .dispatch import register_kernel
 
 
 def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
@@ -69,13 +68,10 @@ def _log_softmax(x: Any, axis: int) -> tuple[Any, Any]:
 
 def _applies(x: Any, axis: int) -> bool:
     """NumPy along the last axis (the row blocks), or CuPy along any (whole, in place)."""
-    if not _checks.is_array(x):
-        return False
-    name = backend_of(x)
-    return name == "cupy" or (name == "numpy" and axis in (-1, x.ndim - 1))
+    return RowKernel.applies(None, x) and (backend_of(x) == "cupy" or axis in (-1, x.ndim - 1))
 
 
-class SoftmaxRows(Kernel):
+class SoftmaxRows(RowKernel):
     """Softmax in row blocks, normalised in place; saves y, as the reference.
 
     Applies to NumPy arrays along the last axis and to CuPy arrays. Shapes as
@@ -85,8 +81,6 @@ class SoftmaxRows(Kernel):
 
     op = "softmax"
     name = "softmax.rows"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
     def applies(self, x: Any, axis: int = -1) -> bool:
         return _applies(x, axis)
@@ -101,7 +95,7 @@ class SoftmaxRows(Kernel):
         return _along(_softmax_grad, axis, self.settings, dy, y)
 
 
-class LogSoftmaxRows(Kernel):
+class LogSoftmaxRows(RowKernel):
     """Log-softmax in row blocks; saves softmax(x), computed on the way, as the reference.
 
     Applies where :class:`SoftmaxRows` does. Shapes as
@@ -110,8 +104,6 @@ class LogSoftmaxRows(Kernel):
 
     op = "log_softmax"
     name = "log_softmax.rows"
-    defaults = ROW_SETTINGS
-    test_settings = ROW_TEST_SETTINGS
 
     def applies(self, x: Any, axis: int = -1) -> bool:
         return _applies(x, axis)
