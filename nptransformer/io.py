@@ -158,7 +158,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
         raise ValueError(f"{path!r} has checkpoint format version {meta.get('version')!r}; this nptransformer "
                          f"({__version__}) reads versions up to {VERSION}")
+    _check_meta(path, meta, arrays)
     return meta, arrays
+
+
+#: What every checkpoint's meta holds, and the type of each entry (None allowed where a part was not saved).
+_META_ENTRIES = {"model": dict, "optimizer": (dict, type(None)), "schedule": (dict, type(None)), "rng": dict,
+                 "step": int, "extra": dict, "extra_arrays": list}
+
+
+def _check_meta(path: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """A meta entry missing or of the wrong type, or an array that is not numbers, is a damaged checkpoint."""
+    for key, kind in _META_ENTRIES.items():
+        if not isinstance(meta.get(key), kind):
+            raise ValueError(f"checkpoint {path!r} is damaged: its meta has {key!r} = {meta.get(key)!r}"
+                             if key in meta else f"checkpoint {path!r} is damaged: its meta has no {key!r} entry")
+    for key in ("class", "config"):
+        if key not in meta["model"]:
+            raise ValueError(f"checkpoint {path!r} is damaged: its meta's 'model' has no {key!r} entry")
+    if not {"default", "generator"} <= meta["rng"].keys():
+        raise ValueError(f"checkpoint {path!r} is damaged: its meta's 'rng' needs 'default' and 'generator'")
+    for key, value in arrays.items():
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"checkpoint {path!r} is damaged: array {key!r} has dtype {value.dtype}, not numbers")
 
 
 def _check_architecture(path: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], model: Any) -> dict:

@@ -118,6 +118,12 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Map
             f.write(arrays[name].reshape(-1).view(np.uint8))
 
 
+#: The format's own limit on the header (the reference implementation refuses longer ones).
+MAX_HEADER_BYTES = 100_000_000
+#: No array of more bytes can be allocated (NumPy's sizes are signed 64-bit), even one with a zero axis.
+MAX_TENSOR_BYTES = 2**62
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str]]:
     """The validated header of a safetensors file, without reading the data.
 
@@ -168,14 +174,18 @@ def _read_layout(f: Any, path: str) -> tuple[dict[str, dict], dict[str, str], in
     (n,) = struct.unpack("<Q", f.read(8))
     if 8 + n > size:
         raise ValueError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit of the format")
     try:
         header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: header JSON is nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: header must be a JSON object, got {type(header).__name__}")
 
-    metadata = header.pop(_METADATA_KEY, {})
+    metadata = header.pop(_METADATA_KEY, None) or {}  # absent and null both mean no metadata
     _check_metadata(metadata, where=f"{path}: {_METADATA_KEY}", error=ValueError)
     data_size = size - 8 - n
     for name, info in header.items():
@@ -208,12 +218,14 @@ def _check_entry(path: str, name: str, info: Any, data_size: int) -> None:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise ValueError(f"{where}: expected an object with dtype, shape and data_offsets, got {info!r}")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if code not in _STORAGE:
+    if not isinstance(code, str) or code not in _STORAGE:
         raise ValueError(f"{where}: unknown dtype {code!r}; supported: {', '.join(_STORAGE)}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets) and offsets[0] <= offsets[1]):
         raise ValueError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+    if math.prod(d for d in shape if d) * _STORAGE[code].itemsize > MAX_TENSOR_BYTES:
+        raise ValueError(f"{where}: shape {shape} of {code} is larger than any array can be ({MAX_TENSOR_BYTES} bytes)")
     expected = math.prod(shape) * _STORAGE[code].itemsize
     if offsets[1] - offsets[0] != expected:
         raise ValueError(

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import backend
 from ._atomic import atomic_write
+from ._files import read_json, read_text
 from ._checks import check_positive_int, is_array
 
 MAX_INPUT_CHARS_PER_WORD = 100
@@ -97,17 +98,18 @@ def _strip_accents(word: str) -> str:
 
 
 def _split_punctuation(word: str) -> list[str]:
+    # Runs of non-punctuation are sliced out whole: growing a piece character by character
+    # (piece += ch) copies it each time, quadratic in a long word's length.
     pieces: list[str] = []
-    start_new = True
-    for ch in word:
+    run = 0  # start of the current run of non-punctuation characters
+    for i, ch in enumerate(word):
         if _is_punctuation(ch):
+            if run < i:
+                pieces.append(word[run:i])
             pieces.append(ch)
-            start_new = True
-        elif start_new:
-            pieces.append(ch)
-            start_new = False
-        else:
-            pieces[-1] += ch
+            run = i + 1
+    if run < len(word):
+        pieces.append(word[run:])
     return pieces
 
 
@@ -130,10 +132,11 @@ def _wordpiece(word: str, vocab: dict[str, int], unk_token: str) -> list[str]:
 
 
 def _read_vocab(vocab_file: str | os.PathLike) -> list[str]:
-    # Text mode reads \n, \r\n and \r as line ends but nothing else, so tokens
-    # such as U+2028 (a line separator to str.splitlines) survive.
-    with open(vocab_file, encoding="utf-8") as f:
-        return [line[:-1] if line.endswith("\n") else line for line in f]
+    # \n, \r\n and \r end a line but nothing else does, so tokens such as U+2028 (a line
+    # separator to str.splitlines) survive.
+    text = read_text(vocab_file, "a WordPiece vocabulary, one token a line")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _token_content(value: Any) -> str:
@@ -217,8 +220,10 @@ class BertTokenizer:
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             file = os.path.join(path, name)
             if os.path.isfile(file):
-                with open(file, encoding="utf-8") as f:
-                    config.update(json.load(f))
+                values = read_json(file, "a tokenizer's settings")
+                if not isinstance(values, dict):
+                    raise ValueError(f"{file}: expected a JSON object of settings, got {type(values).__name__}")
+                config.update(values)
         if config.get("do_basic_tokenize", True) is not True:
             raise ValueError(f"{path}: do_basic_tokenize=false is not supported (only BERT's full pipeline is)")
         kwargs = {
@@ -507,8 +512,7 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
         """Read a vocabulary written by :meth:`save`."""
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
+        state = read_json(path, "a CharTokenizer vocabulary")
         stoi = state.get("stoi") if isinstance(state, dict) else None
         tok = cls("".join(stoi)) if isinstance(stoi, dict) and stoi else None
         if tok is None or tok.stoi != stoi:

@@ -214,7 +214,7 @@ def test_load_state_dict_mismatch():
     (lambda p: Adam(p, betas=(1.0, 0.999)), ValueError, r"betas\[0\]"),
     (lambda p: AdamW(p, betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
     (lambda p: Adam(p, betas=(0.9,)), ValueError, "betas must be a pair"),
-    (lambda p: Adam(p, eps=-1e-8), ValueError, "eps must be >= 0"),
+    (lambda p: Adam(p, eps=-1e-8), ValueError, "eps must be > 0"),
     (lambda p: AdamW(p, weight_decay=-0.01), ValueError, "weight_decay must be >= 0"),
     (lambda p: SGD(p, momentum=-0.9), ValueError, "momentum must be >= 0"),
     (lambda p: SGD(p, nesterov=True), ValueError, "nesterov=True needs momentum > 0"),

@@ -42,6 +42,19 @@ def _is_real(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def check_logits(logits: np.ndarray) -> None:
+    """Raise FloatingPointError unless every row of host logits (B, V) is finite or -inf, with a token left."""
+    bad = np.isnan(logits) | (logits == np.inf)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=-1)).tolist()
+        raise FloatingPointError(f"the model's logits hold NaN or +inf in batch rows {rows} (NaN weights or "
+                                 "an overflow upstream); no token can be chosen")
+    empty = np.all(logits == -np.inf, axis=-1)
+    if empty.any():
+        raise FloatingPointError(f"every token's logit is -inf in batch rows {np.flatnonzero(empty).tolist()}: "
+                                 "nothing is left to choose")
+
+
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
     """Logits (B, V) with everything below each row's k-th largest value set to -inf.
 
@@ -86,9 +99,15 @@ def next_tokens(logits: np.ndarray, do_sample: bool = False, temperature: float 
     ``backend.default_generator``) picks the first token whose cumulative
     probability exceeds u (inverse-CDF sampling: one number per token, so a
     seed fixes the tokens).
+
+    Logits holding NaN or +inf, or a row that is all -inf (no token
+    allowed), raise FloatingPointError naming the rows: argmax would
+    otherwise return token 0 for them, forever. -inf entries are fine
+    (tokens a mask or filter forbids).
     """
     check_sampling_args(do_sample, temperature, top_k, top_p)
     logits = np.asarray(logits, dtype=np.float64)
+    check_logits(logits)
     if not do_sample:
         return np.argmax(logits, axis=-1).astype(np.int64)
     scaled = logits / temperature

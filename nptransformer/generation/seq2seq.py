@@ -25,6 +25,7 @@ import numpy as np
 from .. import _checks, backend
 from ..backend import dtype_name, get_array_module, to_numpy
 from .inference import check_token_id, inference
+from .sampling import check_logits
 
 
 def check_decoding_args(model: Any, src: Any, max_len: int, bos_id: int, eos_id: int) -> None:
@@ -58,7 +59,9 @@ class Seq2SeqStepper:
         """tokens (R, t) host ids, BOS first -> logits (R, V) for position t, float64 on the host."""
         feed = tokens if self.cache is None else tokens[:, self.cache.length:]
         logits = self.model.decode(backend.asarray(feed), self.memory, self.src, cache=self.cache)
-        return to_numpy(logits[:, -1, :]).astype(np.float64)
+        last = to_numpy(logits[:, -1, :]).astype(np.float64)
+        check_logits(last)  # greedy's argmax and beam's log-softmax would turn NaN into token 0
+        return last
 
     def reorder(self, rows: np.ndarray) -> None:
         """Make row i continue what row ``rows[i]`` decoded (beam search); rows (R',) host ints."""

@@ -172,7 +172,7 @@ class Seq2SeqTransformer(Module):
 def _check(positional: str, share: bool) -> Any:
     def build(rng: Any) -> ModuleCheck:
         model = Seq2SeqTransformer(6, 6, d_model=4, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                                   dim_feedforward=6, dropout=0.0, max_len=8, positional=positional,
+                                   dim_feedforward=6, dropout=0.2, max_len=8, positional=positional,
                                    share_embeddings=share, tie_output=share, pad_id=0, dtype="float64")
         src = backend.asarray([[1, 2, 3, 4], [5, 1, 0, 0]], dtype="int64")
         tgt = backend.asarray([[1, 3, 2], [4, 0, 0]], dtype="int64")

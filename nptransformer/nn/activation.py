@@ -21,7 +21,7 @@ class ReLU(Module):
 
     def backward(self, dy: Any) -> Any:
         """dx = dy where x > 0, else 0."""
-        return relu_backward(dy, self.saved())
+        return relu_backward(dy, self.saved(dy))
 
 
 class GELU(Module):
@@ -41,7 +41,7 @@ class GELU(Module):
 
     def backward(self, dy: Any) -> Any:
         """dx = dy * GELU'(x) (docs/ops/activations.md)."""
-        return gelu_backward(dy, self.saved())
+        return gelu_backward(dy, self.saved(dy))
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"

@@ -30,7 +30,7 @@ class Dropout(Module):
 
     def backward(self, dy: Any) -> Any:
         """dx = dy * mask / (1 - p) (the same mask as forward)."""
-        return dropout_backward(dy, self.saved())
+        return dropout_backward(dy, self.saved(dy))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -39,7 +39,7 @@ class Embedding(Module):
 
     def backward(self, dout: Any) -> None:
         """Adds the scattered gradient into ``weight.grad``; ids have no gradient, so returns None."""
-        self.weight.accumulate(embedding_backward(dout, self.saved()))
+        self.weight.accumulate(embedding_backward(dout, self.saved(dout)))
         return None
 
     def extra_repr(self) -> str:

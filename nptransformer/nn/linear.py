@@ -50,7 +50,7 @@ class Linear(Module):
         dh = dy, or dy * act'(h) when the forward applied an activation (both
         ops' backwards return (dx, dweight, dbias)).
         """
-        dx, dweight, dbias = ops.linear_backward(dy, self.saved())
+        dx, dweight, dbias = ops.linear_backward(dy, self.saved(dy))
         self.weight.accumulate(dweight)
         if self.bias is not None:
             self.bias.accumulate(dbias)

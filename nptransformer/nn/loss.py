@@ -39,7 +39,7 @@ class CrossEntropyLoss(Module):
 
     def backward(self, dloss: Any = 1.0) -> Any:
         """dL/dlogits (..., C); ``dloss`` scales it (1.0: the loss itself is L)."""
-        return cross_entropy_backward(dloss, self.saved())
+        return cross_entropy_backward(dloss, self.saved(dloss))
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"

@@ -72,7 +72,7 @@ class Module:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_saved", [])
+        object.__setattr__(self, "_saved", [])  # [context, output shape] per forward awaiting its backward
         object.__setattr__(self, "_inline", set())
         object.__setattr__(self, "training", True)
 
@@ -117,7 +117,13 @@ class Module:
 
     # -- forward / backward ---------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        depth = len(self._saved)
+        out = self.forward(*args, **kwargs)
+        if len(self._saved) > depth:
+            # Remember what this forward returned, so that its backward can refuse a gradient of
+            # another shape (numpy would often broadcast it, or fail deep inside an op).
+            self._saved[-1][1] = _shape_of(out[0] if isinstance(out, tuple) else out)
+        return out
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Compute the output; subclasses implement it."""
@@ -130,16 +136,28 @@ class Module:
     def save_for_backward(self, ctx: Any) -> None:
         """Push what backward needs (skipped under ``no_grad``)."""
         if is_grad_enabled():
-            self._saved.append(ctx)
+            self._saved.append([ctx, None])
 
-    def saved(self) -> Any:
-        """Pop the context of the newest forward call that has not been backpropagated."""
+    def saved(self, dout: Any = None) -> Any:
+        """Pop the context of the newest forward call that has not been backpropagated.
+
+        ``dout``: the gradient the backward was given; a ValueError names
+        both shapes unless it has the shape of that forward's output (a
+        Python number stands for a 0-d output, a loss).
+        """
         if not self._saved:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called without a saved forward: call the module first "
                 "(outside no_grad), and call backward once per forward"
             )
-        return self._saved.pop()
+        ctx, out_shape = self._saved[-1]
+        if dout is not None and out_shape is not None and _shape_of(dout) != out_shape:
+            raise ValueError(
+                f"{type(self).__name__}.backward: the gradient has shape {_shape_of(dout)}, but the forward it "
+                f"undoes (the newest one not yet backpropagated) returned shape {out_shape}"
+            )
+        self._saved.pop()
+        return ctx
 
     def clear_saved(self) -> None:
         """Drop every saved context in this module and its children (after an aborted step)."""
@@ -287,6 +305,11 @@ class Module:
             sub = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _shape_of(a: Any) -> tuple:
+    """The shape of an array, () for a Python number."""
+    return tuple(a.shape) if hasattr(a, "shape") else ()
 
 
 def _child_name(parent: str, child: str, inline: bool) -> str:

@@ -40,7 +40,7 @@ class LayerNorm(Module):
 
     def backward(self, dy: Any) -> Any:
         """Adds dweight, dbias; returns dx (docs/ops/normalization.md)."""
-        dx, dweight, dbias = layer_norm_backward(dy, self.saved())
+        dx, dweight, dbias = layer_norm_backward(dy, self.saved(dy))
         _accumulate(self.weight, dweight)
         _accumulate(self.bias, dbias)
         return dx
@@ -69,7 +69,7 @@ class RMSNorm(Module):
 
     def backward(self, dy: Any) -> Any:
         """Adds dweight; returns dx."""
-        dx, dweight = rms_norm_backward(dy, self.saved())
+        dx, dweight = rms_norm_backward(dy, self.saved(dy))
         _accumulate(self.weight, dweight)
         return dx
 

@@ -151,7 +151,7 @@ class Transformer(Module):
 
 def _check(norm_first: bool) -> Any:
     def build(rng: Any) -> ModuleCheck:
-        m = Transformer(4, 2, 1, 2, dim_feedforward=6, dropout=0.0, norm_first=norm_first, dtype="float64")
+        m = Transformer(4, 2, 1, 2, dim_feedforward=6, dropout=0.2, norm_first=norm_first, dtype="float64")
         return ModuleCheck(m, (rng.normal(size=(2, 4, 4)), rng.normal(size=(2, 3, 4))),
                            {"tgt_is_causal": True, "src_key_padding_mask": padding_mask(2, 4)})
 

@@ -11,7 +11,7 @@ The update rules, as formulas: docs/optim.md.
 
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm
-from .optimizer import Optimizer, param_groups_for_weight_decay
+from .optimizer import Optimizer, grads_are_finite, param_groups_for_weight_decay
 from .schedules import LRSchedule, NoamSchedule, WarmupCosine
 from .sgd import SGD
 
@@ -21,6 +21,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "clip_grad_norm",
+    "grads_are_finite",
     "param_groups_for_weight_decay",
     "LRSchedule",
     "NoamSchedule",

@@ -43,7 +43,8 @@ class Adam(Optimizer):
     """
 
     _decoupled = False  # where weight decay enters; AdamW flips it
-    _checks = {"lr": check_positive, "betas": check_betas, "eps": check_nonnegative, "weight_decay": check_nonnegative}
+    # eps > 0: with eps = 0 a zero gradient entry makes the update 0 / 0
+    _checks = {"lr": check_positive, "betas": check_betas, "eps": check_positive, "weight_decay": check_nonnegative}
 
     def __init__(
         self,

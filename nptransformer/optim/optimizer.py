@@ -26,13 +26,18 @@ from ..kernels.parameter_slabs import for_each_parameter
 from ..nn.module import Module, Parameter
 
 
-def check_real(name: str, value: Any, *, low: float, inclusive: bool) -> None:
-    """Raise unless ``value`` is a real number above ``low`` (or equal to it, when ``inclusive``)."""
+def check_real(name: str, value: Any, *, low: float, inclusive: bool, finite: bool = True) -> None:
+    """Raise unless ``value`` is a real number above ``low`` (or equal to it, when ``inclusive``).
+
+    ``finite``: infinity is refused too (an infinite learning rate sends every weight to -inf).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     above = value >= low if inclusive else value > low
     if not above or math.isnan(value):
         raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -54,6 +59,19 @@ def check_betas(name: str, value: Any) -> None:
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def grads_are_finite(params: Iterable[Parameter]) -> bool:
+    """True when no gradient of ``params`` holds NaN or inf (parameters without a gradient count as finite).
+
+    One device-to-host read for all of them together.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    xp = backend.get_array_module(*grads)
+    flags = xp.stack([xp.all(xp.isfinite(g)) for g in grads])
+    return bool(backend.to_numpy(xp.all(flags)))
 
 
 def _param_list(params: Any, name: str) -> list[Parameter]:
@@ -147,8 +165,14 @@ class Optimizer:
         """Update every parameter that has a gradient, in place (``p.data`` keeps its memory).
 
         Parameters whose ``grad`` is None are skipped and their state is left as is.
+        A gradient holding NaN or inf raises FloatingPointError naming the
+        parameter, before any parameter or state is changed: one bad
+        gradient entry would otherwise turn its weight (and, through Adam's
+        moments, every later step) into NaN without a word. To skip such
+        steps instead, check first (``optim.grads_are_finite``), as a loss
+        scaler does.
         """
-        updates = []
+        updates, where = [], []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -159,6 +183,11 @@ class Optimizer:
                         f"{dtype_name(p.grad.dtype)}; expected the parameter's {p.shape} and {dtype_name(p.dtype)}"
                     )
                 updates.append((p, group, self.state.setdefault(p, {})))
+                where.append(f"param_groups[{gi}]['params'][{pi}]")
+        if not grads_are_finite([p for p, _, _ in updates]):
+            bad = next(w for w, (p, _, _) in zip(where, updates) if not grads_are_finite([p]))
+            raise FloatingPointError(f"{type(self).__name__}.step: {bad}.grad holds NaN or inf; no parameter "
+                                     "was updated")
         # Parameters update independently: with set_num_threads(n) each thread takes a run of them.
         for_each_parameter(lambda u: self._update(*u), updates, [p.data for p, _, _ in updates])
 
