@@ -2,13 +2,13 @@
 
 ``check_grad`` compares a hand-written backward with central differences
 
-    dL/dx_j  ~  (L(x + h e_j) - L(x - h e_j)) / 2h,     L(x) = sum(R * f(x)),
+    dL/dx_j  ~  (L(x + eps e_j) - L(x - eps e_j)) / 2 eps,     L(x) = sum(R * f(x)),
 
 where R is a fixed random cotangent, so the backward is checked exactly as it
 is used: called with dL/df = R. Inputs with at most ``max_elementwise``
 entries are perturbed entry by entry (every column of the Jacobian,
 contracted with R); larger ones along ``n_directions`` random unit directions
-v, comparing (L(x + h v) - L(x - h v)) / 2h with <grad, v>.
+v, comparing (L(x + eps v) - L(x - eps v)) / 2 eps with <grad, v>.
 
 What it accepts as ``fn``:
 
@@ -25,7 +25,7 @@ Default tolerances (pass when max|analytic - numeric| <= atol + rtol * scale,
 scale = max|numeric| for entrywise rows, ||grad||_2 for directional rows):
 
 =========  ======  ======  ======
-dtype      h       atol    rtol
+dtype      eps     atol    rtol
 =========  ======  ======  ======
 float64    1e-6    1e-8    1e-6
 float32    1e-3    1e-3    2e-2
@@ -34,9 +34,11 @@ float16    1e-2    5e-2    1e-1
 
 Besides the numbers it asserts that forward and backward leave the inputs,
 the parameters and the upstream gradient unmutated. A failure is retried on
-slightly moved inputs (``kink_retries``): a point sitting on a kink (relu at
-0, a tie in a max) is not differentiable there, and a real bug survives the
-move. Random ops are made deterministic by restoring
+inputs moved by up to 1e-2 (``kink_retries`` times): a point sitting on a kink
+(relu at 0, a tie in a max) is not differentiable there, and a wrong formula
+fails at the moved points too. When every try fails, the report shows the
+inputs as given, with each failing row's worst entry (index, analytic value,
+numeric value). Random ops are made deterministic by restoring
 ``backend.default_generator`` before every forward.
 
 >>> import numpy as np
@@ -74,6 +76,21 @@ class GradRow:
     max_abs: float
     max_rel: float
     passed: bool
+    #: where the error is largest: an entry's index (entrywise) or ("direction", n) (directional); None
+    #: when the gradient is missing or misshapen
+    worst: tuple | None = None
+    #: the analytic and numeric values there: dL/dx at that entry, or the directional derivative <grad, v>
+    analytic: float = float("nan")
+    numeric: float = float("nan")
+
+    def describe_worst(self) -> str:
+        """One line naming the worst entry and its two values, e.g. ``worst at (1, 0): analytic ... numeric ...``."""
+        if self.mode == "missing":
+            return f"{self.name}: the backward returned None where a gradient was expected"
+        if self.worst is None:
+            return f"{self.name}: the gradient has the wrong shape"
+        where = f"direction {self.worst[1]}" if self.worst[:1] == ("direction",) else f"index {self.worst}"
+        return f"{self.name}: worst at {where}: analytic {self.analytic:.6g}, numeric {self.numeric:.6g}"
 
 
 @dataclass
@@ -85,7 +102,10 @@ class GradcheckReport:
     dtype: str
     rows: list[GradRow] = field(default_factory=list)
     mutations: list[str] = field(default_factory=list)
-    nudged: bool = False
+    #: how many times the inputs were moved and the check rerun (0: the given inputs decided)
+    retries: int = 0
+    #: True when the given inputs failed and moved ones passed: the given point is probably on a kink
+    passed_after_move: bool = False
 
     @property
     def passed(self) -> bool:
@@ -104,16 +124,20 @@ class GradcheckReport:
 
     def table(self) -> str:
         """A readable table of the rows."""
-        note = ""
-        if self.nudged:
-            note = " (passed once inputs were nudged off a kink)" if self.passed else " (failed again on nudged inputs)"
-        head = f"gradcheck {self.label} [{self.backend}, {self.dtype}]{note}"
-        lines = [head, f"  {'input':<34} {'mode':<12} {'max abs err':>12} {'max rel err':>12}  result"]
+        lines = [f"gradcheck {self.label} [{self.backend}, {self.dtype}]",
+                 f"  {'input':<34} {'mode':<12} {'max abs err':>12} {'max rel err':>12}  result"]
         for r in self.rows:
             lines.append(
                 f"  {r.name:<34} {r.mode:<12} {r.max_abs:>12.3e} {r.max_rel:>12.3e}  {'ok' if r.passed else 'FAIL'}"
             )
         lines.extend(f"  MUTATED: {m}" for m in self.mutations)
+        lines.extend(f"  {r.describe_worst()}" for r in self.rows if not r.passed)
+        if self.passed_after_move:
+            lines.append(f"  note: the given inputs failed and inputs moved by up to 1e-2 passed "
+                         f"(retry {self.retries}); the given point is probably on a kink (relu at 0, a tie in a max)")
+        elif self.retries and not self.passed:
+            lines.append(f"  note: {self.retries} retries on inputs moved by up to 1e-2 failed too, so this is "
+                         "not a kink at one point; the rows above are for the inputs as given")
         return "\n".join(lines)
 
     def raise_if_failed(self) -> "GradcheckReport":
@@ -216,7 +240,8 @@ def check_grad(
     """
     kwargs = dict(kwargs or {})
     target = _Target(fn, kwargs)
-    host_inputs = [_host(a) for a in inputs]
+    # a NumPy float scalar (what indexing or rng.normal() gives) is checked as the 0-d array it stands for
+    host_inputs = [np.asarray(a) if isinstance(a, np.floating) else _host(a) for a in inputs]
     if wrt is None:
         wrt = [i for i, a in enumerate(host_inputs) if isinstance(a, np.ndarray) and a.dtype.name in FLOAT_DTYPES]
     aligned = list(wrt)  # the backward's gradients line up with every differentiable position...
@@ -228,19 +253,23 @@ def check_grad(
     tol.update({k: v for k, v in (("eps", eps), ("atol", atol), ("rtol", rtol)) if v is not None})
     rng = np.random.default_rng(seed)
 
-    report = None
+    first = None
     for attempt in range(kink_retries + 1):
         report = _check_once(target, host_inputs, wrt, aligned, params, dtype, tol, max_elementwise, n_directions,
                              rng)
         report.label = label or target.label
-        report.nudged = attempt > 0
+        report.retries = attempt
+        report.passed_after_move = attempt > 0 and report.passed
         if report.passed or report.mutations:
             return report
+        first = first or report
+        # np.asarray: a 0-d input plus a scalar is a NumPy scalar, whose entries cannot be moved in place
         host_inputs = [
-            a + rng.uniform(-1e-2, 1e-2, size=a.shape).astype(a.dtype) if i in wrt else a
+            np.asarray(a + rng.uniform(-1e-2, 1e-2, size=a.shape).astype(a.dtype)) if i in wrt else a
             for i, a in enumerate(host_inputs)
         ]
-    return report
+    first.retries = kink_retries
+    return first
 
 
 def _check_once(
@@ -339,22 +368,31 @@ def _compare(
         num = np.zeros(x.shape)
         flat = num.reshape(-1)
         for j in range(x.size):
-            plus, minus = x.copy(), x.copy()
+            plus, minus = np.array(x), np.array(x)  # np.array, not .copy(): keeps a 0-d input an array
             plus.reshape(-1)[j] += eps
             minus.reshape(-1)[j] -= eps
             flat[j] = (loss_at(plus) - loss_at(minus)) / (2 * eps)
-        err = float(np.max(np.abs(g - num), initial=0.0))
+        diff = np.abs(g - num)
+        j = int(np.argmax(np.where(np.isnan(diff), np.inf, diff))) if diff.size else 0
+        err = float(np.max(diff, initial=0.0))
         scale = float(max(np.max(np.abs(num), initial=0.0), np.max(np.abs(g), initial=0.0)))
+        worst = tuple(int(k) for k in np.unravel_index(j, x.shape)) if x.size else ()
+        analytic_at = float(g.reshape(-1)[j]) if x.size else 0.0
+        numeric_at = float(flat[j]) if x.size else 0.0
         mode = "entrywise"
     else:
-        err, scale = 0.0, float(np.linalg.norm(g))
-        for _ in range(n_directions):
+        err, scale = -1.0, float(np.linalg.norm(g))
+        worst, analytic_at, numeric_at = None, float("nan"), float("nan")
+        for n in range(n_directions):
             v = rng.normal(size=x.shape)
             v /= np.linalg.norm(v)
             num_dd = (loss_at(x + eps * v.astype(x.dtype)) - loss_at(x - eps * v.astype(x.dtype))) / (2 * eps)
-            err = max(err, abs(num_dd - float(np.sum(g * v))))
-        mode = "directional"
+            an_dd = float(np.sum(g * v))
+            e = abs(num_dd - an_dd)
+            if not e <= err:  # also takes a NaN, so it is the one shown
+                err, worst, analytic_at, numeric_at = e, ("direction", n), an_dd, num_dd
+        err, mode = max(err, 0.0), "directional"  # max keeps a NaN (the comparison is False)
     if not np.isfinite(err):
-        return GradRow(name, mode, float("inf"), float("inf"), False)
+        return GradRow(name, mode, float("inf"), float("inf"), False, worst, analytic_at, numeric_at)
     rel = err / scale if scale > 0 else err
-    return GradRow(name, mode, err, rel, err <= tol["atol"] + tol["rtol"] * scale)
+    return GradRow(name, mode, err, rel, err <= tol["atol"] + tol["rtol"] * scale, worst, analytic_at, numeric_at)

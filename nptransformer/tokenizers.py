@@ -75,7 +75,8 @@ def _is_punctuation(ch: str) -> bool:
 
 def _is_cjk(ch: str) -> bool:
     cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+    # Below U+3400 nothing is CJK: most text never scans the ranges (a third of tokenizing's time did).
+    return cp >= 0x3400 and any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
 
 
 def _clean(text: str, tokenize_chinese_chars: bool) -> str:

@@ -37,8 +37,9 @@ def relu_forward(x: Any) -> tuple[Any, tuple]:
     updates y in place (``y += residual``).
     """
     _checks.check_float("x", x)
+    xp = get_array_module(x)
     mask = x > 0
-    return get_array_module(x).where(mask, x, 0.0), (mask,)
+    return xp.where(mask | xp.isnan(x), x, 0.0), (mask,)  # NaN stays NaN, as in torch: never hidden as 0
 
 
 def relu_backward(dy: Any, ctx: tuple) -> Any:

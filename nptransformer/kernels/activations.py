@@ -88,8 +88,9 @@ def _relu(x: Any) -> Any:
 
 
 def _relu_and_mask(x: Any) -> tuple[Any, Any]:
+    xp = get_array_module(x)
     mask = x > 0
-    return get_array_module(x).where(mask, x, 0.0), mask
+    return xp.where(mask | xp.isnan(x), x, 0.0), mask  # NaN stays NaN (the reference's rule)
 
 
 def _relu_grad(dy: Any, mask: Any) -> Any:

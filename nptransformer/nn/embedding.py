@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import backend
+from .. import _checks, backend
 from ..kernels.ops import embedding_backward, embedding_forward
 from ..registry import ModuleCheck, register_module_check
 from .module import Module, Parameter
@@ -21,6 +21,8 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  dtype: Any = "float32", generator: Any = None):
         super().__init__()
+        _checks.check_positive_int("num_embeddings", num_embeddings)
+        _checks.check_int_at_least("embedding_dim", embedding_dim, 0)
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx must be in [-{num_embeddings}, {num_embeddings}), got {padding_idx}")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim

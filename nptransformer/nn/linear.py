@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import backend
+from .. import _checks, backend
 from ..kernels import ops
 from ..registry import ModuleCheck, register_module_check
 from .module import Module, Parameter
@@ -21,6 +21,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: Any = "float32", generator: Any = None):
         super().__init__()
+        _checks.check_int_at_least("in_features", in_features, 0)  # 0 is allowed, as in torch: y = b
+        _checks.check_int_at_least("out_features", out_features, 0)
         self.in_features, self.out_features = in_features, out_features
         g = generator or backend.default_generator
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
