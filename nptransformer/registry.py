@@ -88,7 +88,7 @@ def register_module_check(name: str, build: Callable[[Any], ModuleCheck]) -> Non
 
 #: The packages whose modules register ops, kernels, layers and models.
 REGISTERING_PACKAGES = ("nptransformer.functional", "nptransformer.kernels", "nptransformer.nn",
-                        "nptransformer.models")
+                        "nptransformer.models", "nptransformer.distributed")
 
 
 def load_all() -> None:

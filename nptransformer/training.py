@@ -96,6 +96,10 @@ class Trainer:
     - ``eval_fn(model) -> float or dict of floats``: validation metrics.
     - ``checkpoint``: path of the checkpoint file (None: no checkpoints).
     - ``out``: where progress goes (default sys.stdout).
+    - ``parallel``: a parallel mode from :mod:`nptransformer.distributed`
+      (data, tensor or pipeline parallelism over MPI) that runs forward,
+      backward and clipping across ranks; only its rank 0 prints and writes
+      checkpoints (docs/distributed.md).
 
     ``history`` collects ``{"step", "loss"}`` per log interval and
     ``{"step", <metric>: value}`` per validation; it is saved in checkpoints.
@@ -104,12 +108,15 @@ class Trainer:
     def __init__(self, model: Any, optimizer: Any, criterion: Any, batch_fn: Callable[[Generator], tuple],
                  *, schedule: Any = None, max_grad_norm: float | None = 1.0, generator: Generator | None = None,
                  eval_fn: Callable[[Any], Any] | None = None, checkpoint: str | os.PathLike | None = None,
-                 out: TextIO | None = None):
+                 out: TextIO | None = None, parallel: Any = None):
         self.model, self.optimizer, self.criterion, self.batch_fn = model, optimizer, criterion, batch_fn
+        self.parallel = _SingleProcess() if parallel is None else parallel
         self.schedule, self.max_grad_norm, self.eval_fn = schedule, max_grad_norm, eval_fn
         self.generator = Generator(0) if generator is None else generator
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.out = sys.stdout if out is None else out
+        if not self.parallel.is_main:
+            self.out = _Discard()  # the progress line is printed once, by rank 0
         self.step = 0  # optimizer steps taken
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: tuple[str, int] | None = None
@@ -121,15 +128,14 @@ class Trainer:
 
         Raises :class:`TrainingDiverged` (weights untouched) when the loss is not finite.
         """
-        loss = self.criterion(self.model(*inputs), targets)
-        value = float(to_numpy(loss))  # one host copy per step: needed to see nan before it spreads
+        value = self.parallel.forward_loss(self.model, self.criterion, inputs, targets, self.step)
         if not math.isfinite(value):
             self.model.clear_saved()
             self.criterion.clear_saved()
             raise TrainingDiverged(self.step + 1, value, self.last_checkpoint)
-        self.model.backward(self.criterion.backward())
+        self.parallel.backward(self.model, self.criterion)
         if self.max_grad_norm is not None:
-            clip_grad_norm(self.model.parameters(), self.max_grad_norm)
+            self.parallel.clip_grad_norm(self.model, self.max_grad_norm)
         self.optimizer.step()
         if self.schedule is not None:
             self.schedule.step()
@@ -193,8 +199,8 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------
     def save(self) -> None:
         """Write the checkpoint (model, optimizer, schedule, generators, step, history)."""
-        save_checkpoint(self.checkpoint, self.model, self.optimizer, step=self.step, schedule=self.schedule,
-                        generator=self.generator, history=self.history)
+        self.parallel.save_checkpoint(self.checkpoint, self.model, self.optimizer, step=self.step,
+                                      schedule=self.schedule, generator=self.generator, history=self.history)
         self.last_checkpoint = (self.checkpoint, self.step)
 
     def _resume(self) -> None:
@@ -203,7 +209,8 @@ class Trainer:
         if not os.path.exists(self.checkpoint):
             print(f"no checkpoint at {self.checkpoint}: starting from step 0", file=self.out, flush=True)
             return
-        state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule, self.generator)
+        state = self.parallel.load_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
+                                              self.generator)
         self.step, self.history = state["step"], list(state.get("history", []))
         self.last_checkpoint = (self.checkpoint, self.step)
         print(f"resumed from {self.checkpoint} at step {self.step}", file=self.out, flush=True)
@@ -226,6 +233,38 @@ class Trainer:
         if self._line_open:
             self.out.write("\n")
             self._line_open = False
+
+
+class _SingleProcess:
+    """The step of one process: what a parallel mode (nptransformer.distributed) does across ranks."""
+
+    is_main = True
+
+    def forward_loss(self, model: Any, criterion: Any, inputs: tuple, targets: Any, step: int) -> float:
+        loss = criterion(model(*inputs), targets)
+        return float(to_numpy(loss))  # one host copy per step: needed to see nan before it spreads
+
+    def backward(self, model: Any, criterion: Any) -> None:
+        model.backward(criterion.backward())
+
+    def clip_grad_norm(self, model: Any, max_norm: float) -> Any:
+        return clip_grad_norm(model.parameters(), max_norm)
+
+    def save_checkpoint(self, path: str, model: Any, optimizer: Any, **kwargs: Any) -> None:
+        save_checkpoint(path, model, optimizer, **kwargs)
+
+    def load_checkpoint(self, path: str, model: Any, optimizer: Any, schedule: Any, generator: Any) -> dict:
+        return load_checkpoint(path, model, optimizer, schedule, generator)
+
+
+class _Discard:
+    """A text stream that drops what is written: the output of ranks other than 0."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -13,6 +13,7 @@ measured results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from typing import Any, TextIO
@@ -40,19 +41,24 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[CharTokenizer, np.
     return tokenizer, ids[:n_train], ids[n_train:]
 
 
-def validation_loss(model: Any, ids: np.ndarray, block_size: int, batch_size: int = 64) -> float:
+def validation_loss(model: Any, ids: np.ndarray, block_size: int, batch_size: int = 64, parallel: Any = None) -> float:
     """Mean next-character loss (nats) over ``ids`` cut into consecutive windows of ``block_size``.
 
-    Runs in eval mode (dropout off) under no_grad; the model's modes are restored.
+    Runs in eval mode (dropout off) under no_grad; the model's modes are
+    restored. ``parallel``: the pipeline-parallel mode whose stage ``model``
+    is (each batch then goes through the stages); every rank must call it.
     """
     n = (len(ids) - 1) // block_size
     x = ids[: n * block_size].reshape(n, block_size)
     y = ids[1: n * block_size + 1].reshape(n, block_size)
     criterion, total = CrossEntropyLoss(reduction="sum"), 0.0
-    with inference(model, model.wte.weight.data):
+    with inference(model, model.parameters()[0].data):
         for i in range(0, n, batch_size):
-            logits = model(backend.asarray(x[i:i + batch_size], "int64"))
-            total += float(to_numpy(criterion(logits, backend.asarray(y[i:i + batch_size], "int64"))))
+            xb, yb = backend.asarray(x[i:i + batch_size], "int64"), backend.asarray(y[i:i + batch_size], "int64")
+            if hasattr(parallel, "eval_loss"):
+                total += parallel.eval_loss(criterion, xb, yb)
+            else:
+                total += float(to_numpy(criterion(model(xb), yb)))
     return total / (n * block_size)
 
 
@@ -60,22 +66,42 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
                    batch_size: int = 32, steps: int = 1600, lr: float = 2e-3, warmup: int = 100,
                    weight_decay: float = 0.1, dropout: float = 0.0, eval_every: int = 200, log_every: int = 25,
                    checkpoint: str | None = None, resume: bool = False, seed: int = 0,
-                   out: TextIO | None = None) -> tuple[GPT, CharTokenizer, Trainer]:
+                   out: TextIO | None = None, parallel: str | None = None, micro_batches: int = 4,
+                   zero: bool = False) -> tuple[GPT, CharTokenizer, Trainer]:
     """Train a GPT on ``text`` with AdamW and warmup + cosine decay; returns (model, tokenizer, trainer).
 
     ``trainer.history`` holds the training loss per ``log_every`` steps and
     the validation loss (``val_loss``) every ``eval_every`` steps.
+    ``parallel``: "data", "tensor" or "pipeline" to split the work across
+    the ranks of ``mpiexec -n N`` (:mod:`nptransformer.distributed`; the
+    strategy is ``trainer.parallel``, and the model returned is split: use
+    ``trainer.parallel.full_model(model)`` for the whole one). ``zero``
+    (data parallelism only): AdamW's state split across the ranks (ZeRO stage 1).
     """
     tokenizer, train_ids, val_ids = split_text(text)
     backend.manual_seed(seed)
     model = GPT(tokenizer.vocab_size, block_size, n_layer, n_head, d_model, dropout=dropout,
                 generator=Generator(seed))
-    optimizer = AdamW(param_groups_for_weight_decay(model, weight_decay), lr=lr, betas=(0.9, 0.99))
+    strategy = None
+    if parallel not in (None, "none"):
+        from ..distributed import parallelize  # needs mpi4py for more than one rank: imported when asked for
+
+        strategy = parallelize(parallel, model, micro_batches=micro_batches, seed=seed)
+    net = model if strategy is None else strategy.local_model(model)
+    groups = param_groups_for_weight_decay(net, weight_decay)
+    if zero:
+        if parallel != "data":
+            raise ValueError(f"zero (ZeRO stage 1) needs parallel='data', got parallel={parallel!r}")
+        from ..distributed import ZeroRedundancyOptimizer
+
+        optimizer = ZeroRedundancyOptimizer(groups, AdamW, strategy.comm, lr=lr, betas=(0.9, 0.99))
+    else:
+        optimizer = AdamW(groups, lr=lr, betas=(0.9, 0.99))
     schedule = WarmupCosine(optimizer, warmup_steps=min(warmup, steps // 10), total_steps=steps, min_lr=lr / 10)
-    trainer = Trainer(model, optimizer, CrossEntropyLoss(),
+    trainer = Trainer(net, optimizer, CrossEntropyLoss(),
                       lambda g: char_batch(train_ids, block_size, batch_size, g), schedule=schedule,
                       max_grad_norm=1.0, generator=Generator(seed + 1), checkpoint=checkpoint, out=out,
-                      eval_fn=lambda m: validation_loss(m, val_ids, block_size))
+                      eval_fn=lambda m: validation_loss(m, val_ids, block_size, parallel=strategy), parallel=strategy)
     trainer.fit(steps, log_every=log_every, eval_every=eval_every, checkpoint_every=eval_every if checkpoint else None,
                 resume=resume)
     return model, tokenizer, trainer
@@ -110,18 +136,34 @@ def run_cli(args: argparse.Namespace) -> int:
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     start, cpu_start = time.perf_counter(), time.process_time()
-    try:
-        with blas_threads(args.threads or None):
-            model, tokenizer, trainer = train_char_gpt(
-                text, d_model=args.d_model, n_layer=args.layers, n_head=args.heads, block_size=args.block_size,
-                batch_size=args.batch_size, steps=args.steps, lr=args.lr, dropout=args.dropout,
-                eval_every=args.eval_every, checkpoint=args.checkpoint, resume=args.resume, seed=args.seed)
-            prompt = backend.asarray(np.asarray([tokenizer.encode("\n")]), "int64")
-            sample = model.generate(prompt, args.sample_chars, do_sample=True, temperature=0.8, top_k=20,
-                                    seed=args.seed, crop=True)
-    except TrainingDiverged as e:
-        print(f"\nstopped: {e}")
-        return 1
+    parallel = getattr(args, "parallel", "none")
+    is_main = True
+    with contextlib.ExitStack() as stack:
+        if parallel != "none":
+            from ..distributed import Communicator, abort_on_error
+
+            comm = Communicator.world()
+            is_main = comm.rank == 0
+            stack.enter_context(abort_on_error(comm))  # one rank fails: all stop, none hangs
+        try:
+            with blas_threads(args.threads or None):
+                model, tokenizer, trainer = train_char_gpt(
+                    text, d_model=args.d_model, n_layer=args.layers, n_head=args.heads, block_size=args.block_size,
+                    batch_size=args.batch_size, steps=args.steps, lr=args.lr, dropout=args.dropout,
+                    eval_every=args.eval_every, checkpoint=args.checkpoint, resume=args.resume, seed=args.seed,
+                    parallel=parallel, micro_batches=getattr(args, "micro_batches", 4),
+                    zero=getattr(args, "zero", False))
+                if parallel != "none":
+                    model = trainer.parallel.full_model(model)  # every rank takes part; rank 0 gets the model
+                    if not is_main:
+                        return 0
+                prompt = backend.asarray(np.asarray([tokenizer.encode("\n")]), "int64")
+                sample = model.generate(prompt, args.sample_chars, do_sample=True, temperature=0.8, top_k=20,
+                                        seed=args.seed, crop=True)
+        except TrainingDiverged as e:
+            if is_main:  # every rank saw the same global loss
+                print(f"\nstopped: {e}")
+            return 1
     vals = [h for h in trainer.history if "val_loss" in h]
     best = min(vals, key=lambda h: h["val_loss"])
     print(f"\n{model.num_parameters():,} parameters; best validation loss {best['val_loss']:.4f} nats/char at step "
