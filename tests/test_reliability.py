@@ -254,3 +254,20 @@ def test_a_user_error_is_one_line_and_a_traceback_only_with_debug(tmp_path):
 def test_numbers_and_paths_are_checked_before_any_work(args, match):
     result = _cli(*args)
     assert result.returncode == 2 and match in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_char_on_a_text_without_a_newline_samples_from_its_first_character(tmp_path):
+    text = tmp_path / "one_line.txt"
+    text.write_text("abcdefghij" * 300)
+    result = _cli("train-char", "--text", str(text), "--steps", "4", "--eval-every", "2", "--d-model", "8",
+                  "--layers", "1", "--heads", "2", "--block-size", "8", "--batch-size", "2", "--sample-chars", "5",
+                  "--plot", "")
+    assert result.returncode == 0, result.stderr
+    assert "--- sample" in result.stdout
+
+
+def test_a_training_text_that_is_not_utf8_is_named(tmp_path):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    result = _cli("train-char", "--text", str(text))
+    assert result.returncode == 1 and "latin1.txt: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .. import backend
+from .._files import read_text
 from ..backend import Generator, to_numpy
 from ..data import char_batch
 from ..generation.inference import inference
@@ -133,8 +134,7 @@ def plot_losses(history: list[dict[str, float]], path: str) -> bool:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Train, report the best validation loss and the wall time, plot, and print a sample."""
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(args.text, "the training text")
     start, cpu_start = time.perf_counter(), time.process_time()
     parallel = getattr(args, "parallel", "none")
     is_main = True
@@ -157,7 +157,8 @@ def run_cli(args: argparse.Namespace) -> int:
                     model = trainer.parallel.full_model(model)  # every rank takes part; rank 0 gets the model
                     if not is_main:
                         return 0
-                prompt = backend.asarray(np.asarray([tokenizer.encode("\n")]), "int64")
+                # A sample starts where the text's lines start; a text without a newline starts from its first character.
+                prompt = backend.asarray(np.asarray([tokenizer.encode("\n" if "\n" in text else text[0])]), "int64")
                 sample = model.generate(prompt, args.sample_chars, do_sample=True, temperature=0.8, top_k=20,
                                         seed=args.seed, crop=True)
         except TrainingDiverged as e:
