@@ -271,3 +271,28 @@ def test_a_training_text_that_is_not_utf8_is_named(tmp_path):
     text.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
     result = _cli("train-char", "--text", str(text))
     assert result.returncode == 1 and "latin1.txt: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpt_backward_refuses_logits_gradients_of_another_shape():
+    model = GPT(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
+    model(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"GPT.backward: the gradient has shape \(3, 2, 11\)"):
+        model.backward(np.ones((3, 2, 11), dtype=np.float32))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m(np.zeros((2, 0), dtype=np.int64)), r"idx must have shape \(B, T\) with T >= 1"),
+    (lambda m: m(np.zeros((1, 3), dtype=np.int64), position_ids=np.array([[0, 1, 9]])), "position_ids must hold"),
+])
+def test_gpt_inputs_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(GPT(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8))
+
+
+def test_seq2seq_ids_out_of_range_name_the_argument():
+    model = Seq2SeqTransformer(7, 5, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                               dim_feedforward=8, dropout=0.0)
+    with pytest.raises(ValueError, match="src must hold source token ids in \\[0, 7\\)"):
+        model(np.array([[1, 7]]), np.array([[1, 2]]))
+    with pytest.raises(ValueError, match="tgt must hold target token ids in \\[0, 5\\)"):
+        model(np.array([[1, 2]]), np.array([[1, 5]]))

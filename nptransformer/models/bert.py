@@ -100,7 +100,7 @@ class BertPooler(Module):
 
     def backward(self, dpooled: Any) -> Any:
         """dL/dpooled (B, H) -> dL/dhidden (B, T, H), zero except at position 0."""
-        (B, T, H), ctx = self.saved()
+        (B, T, H), ctx = self.saved(dpooled)
         dfirst = self.dense.backward(tanh_backward(dpooled, ctx))  # (B, H)
         xp = get_array_module(dfirst)
         rest = backend.zeros((B, T - 1, H), like=dfirst)  # forward read only hidden[:, 0]
@@ -136,7 +136,7 @@ class BertMLMHead(Module):
 
     def backward(self, dlogits: Any) -> Any:
         """dL/dlogits (B, T, V) -> dL/dhidden (B, T, H); adds into the tied table, the bias and the transform."""
-        dx, dtable, dbias = linear_backward(dlogits, self.saved())
+        dx, dtable, dbias = linear_backward(dlogits, self.saved(dlogits))
         self.decoder.weight.accumulate(dtable)
         self.bias.accumulate(dbias)
         return self.dense.backward(self.norm.backward(dx))

@@ -67,7 +67,7 @@ class TokenEmbedding(Module):
         """Adds into the token (and learned position) table; ids have no gradient."""
         d = self.dropout.backward(d)
         if self.position is None:
-            d = sinusoidal_backward(d, self.saved())
+            d = sinusoidal_backward(d, self.saved(d))
         else:
             self.position.backward(backend.get_array_module(d).sum(d, axis=0))  # broadcast over the batch
         self.token.backward(d * self.scale)
@@ -109,7 +109,7 @@ class Seq2SeqTransformer(Module):
 
     def encode(self, src: Any, need_weights: bool = False) -> Any:
         """src (B, S) ids -> memory (B, S, C); ``need_weights``: encoder self-attention keeps ``attn_weights``."""
-        _checks.check_int("src", src)
+        _checks.check_token_ids("src", src, self.src_vocab_size, "source token ids")
         x = self.src_embed(src)
         return self.transformer.encoder(x, src_key_padding_mask=self._padding(src), need_weights=need_weights)
 
@@ -122,7 +122,7 @@ class Seq2SeqTransformer(Module):
         projected into keys and values on the first call only.
         ``need_weights``: the decoder's attention modules keep ``attn_weights``.
         """
-        _checks.check_int("tgt", tgt)
+        _checks.check_token_ids("tgt", tgt, self.tgt_vocab_size, "target token ids")
         if tgt.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt and src must have the same batch size, got {tgt.shape[0]} and {memory.shape[0]}")
         padding = self._padding(tgt)
@@ -161,7 +161,7 @@ class Seq2SeqTransformer(Module):
         if self.generator is not None:
             dy = self.generator.backward(dlogits)
         else:
-            dy, dtable, _ = linear_backward(dlogits, self.saved())
+            dy, dtable, _ = linear_backward(dlogits, self.saved(dlogits))
             self.tgt_embed.token.weight.accumulate(dtable)
         dtgt, dmemory = self.transformer.decoder.backward(dy)
         self.tgt_embed.backward(dtgt)
