@@ -41,7 +41,10 @@ def test_a_tiny_gpt_learns_a_repetitive_sequence_in_seconds():
     assert history[-1]["loss"] < 0.1  # the pattern is deterministic given two tokens of context
 
 
-def test_resumed_training_is_bit_identical_to_straight_training(tmp_path):
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
+def test_resumed_training_is_bit_identical_to_straight_training(tmp_path, threads):
+    # At 3 threads every kernel splits (test settings): partial sums added in the order the threads
+    # finished made a resumed run differ from a straight one by up to 8.5e-6.
     backend.manual_seed(0)
     straight = _trainer(dropout=0.3)
     straight.fit(10, log_every=1)
