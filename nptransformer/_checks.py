@@ -48,6 +48,8 @@ def check_ndim(name: str, a: Any, allowed: tuple[int, ...] | range) -> None:
 def check_same_dtype(**arrays: Any) -> None:
     """Mixed float dtypes are an error, not a silent upcast."""
     items = [(n, a) for n, a in arrays.items() if a is not None]
+    for name, a in items:
+        check_array(name, a)  # an optional argument given as a list must not fail on .dtype below
     first_name, first = items[0]
     for name, a in items[1:]:
         if dtype_name(a.dtype) != dtype_name(first.dtype):
