@@ -265,7 +265,7 @@ def _check_self(rng: Any) -> ModuleCheck:
 
 
 def _check_cross(rng: Any) -> ModuleCheck:
-    m = MultiheadAttention(4, 2, dtype="float64")
+    m = MultiheadAttention(4, 2, dropout=0.3, dtype="float64")
     mask = backend.asarray([[j < 2 and i == 0 for j in range(5)] for i in range(3)], dtype="bool")
     return ModuleCheck(_Method(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
                        {"attn_mask": mask, "key_padding_mask": padding_mask(2, 5)})

@@ -212,7 +212,7 @@ def _encoder_check(norm_first: bool) -> Callable[[Any], ModuleCheck]:
 
 def _decoder_check(norm_first: bool) -> Callable[[Any], ModuleCheck]:
     def build(rng: Any) -> ModuleCheck:
-        m = TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.0, norm_first=norm_first, dtype="float64")
+        m = TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.2, norm_first=norm_first, dtype="float64")
         return ModuleCheck(m, (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 4))),
                            {"tgt_is_causal": True, "memory_key_padding_mask": padding_mask(2, 4)})
 
