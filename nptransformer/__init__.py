@@ -12,9 +12,11 @@ from .backend import manual_seed, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .io import load_checkpoint, save_checkpoint
 from .parallel import get_num_threads, num_threads, set_num_threads
-from .models import BERT, GPT, Seq2SeqTransformer
+from .models import BERT, GPT, T5, Seq2SeqTransformer
+from .pretrained_t5 import load_t5
 from .tokenizers import BertTokenizer, CharTokenizer
+from .tokenizer_bpe import ByteLevelBPETokenizer
 
 __all__ = ["__version__", "backend", "functional", "kernels", "registry", "nn", "optim", "models", "generation", "viz", "no_grad", "is_grad_enabled",
-           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "BertTokenizer", "CharTokenizer",
+           "manual_seed", "set_backend", "GPT", "Seq2SeqTransformer", "BERT", "T5", "load_t5", "BertTokenizer", "CharTokenizer", "ByteLevelBPETokenizer",
            "save_checkpoint", "load_checkpoint", "parallel", "set_num_threads", "get_num_threads", "num_threads"]

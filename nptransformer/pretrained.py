@@ -1,9 +1,11 @@
 """Hugging Face checkpoints into nptransformer: :func:`load_bert`, :func:`load_gpt2`, :func:`mean_pool`.
 
-A checkpoint is a local directory as ``save_pretrained`` writes it:
+A checkpoint is a local directory as ``save_pretrained`` writes it, or a
+hub name found in the Hugging Face cache (:func:`nptransformer.hub.resolve`):
 ``config.json`` plus ``model.safetensors`` (read by
-:mod:`nptransformer.safetensors`, NumPy only) or, when torch is installed,
-``pytorch_model.bin``. Each loader checks that the config describes a model
+:mod:`nptransformer.safetensors`, NumPy only), shards listed in
+``model.safetensors.index.json``, or, when torch is installed,
+``pytorch_model.bin`` (sharded too). Each loader checks that the config describes a model
 nptransformer builds, renames every tensor to nptransformer's key
 (docs/pretrained.md has the tables), and refuses, naming the keys, a
 checkpoint with a tensor missing or one it does not know: a silently
@@ -16,14 +18,15 @@ mode, and ``model.train()`` makes it ready for fine-tuning.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from . import _checks
+from ._files import read_json
 from .backend import dtype_name, get_array_module
+from .hub import resolve
 from .models.bert import BERT, HIDDEN_ACTS
 from .models.gpt import GPT
 from .safetensors import load_file
@@ -47,15 +50,19 @@ def load_bert(path: str | os.PathLike, dtype: Any = np.float32) -> BERT:
     the checkpoint has one and an MLM head when it has ``cls.predictions``;
     the next-sentence head is skipped. ``dtype``: float16, float32 or float64.
     """
-    path = os.fspath(path)
+    path = resolve(path)
+    return bert_from_tensors(_read_config(path), _read_tensors(path), path, dtype)
+
+
+def bert_from_tensors(config: dict, tensors: dict[str, np.ndarray], path: str, dtype: Any = np.float32) -> BERT:
+    """:func:`load_bert` on a config and tensors already read (``path`` names them in errors); for task heads."""
     dtype = _float_dtype(dtype)
-    config = _read_config(path)
     _expect(config, path, "model_type", ("bert",), "bert")
     _expect(config, path, "position_embedding_type", ("absolute",), "absolute")
     _expect(config, path, "is_decoder", (False,), False)
     _expect(config, path, "add_cross_attention", (False,), False)
     _expect(config, path, "hidden_act", tuple(HIDDEN_ACTS), "gelu")
-    tensors = {_bert_key(k): v for k, v in _read_tensors(path).items()}
+    tensors = {_bert_key(k): v for k, v in tensors.items()}
     for key in [k for k in tensors if k in _BERT_EXTRA_KEYS or k.startswith(_BERT_NSP_PREFIX)]:
         del tensors[key]
     pooler = "pooler.dense.weight" in tensors
@@ -115,7 +122,7 @@ def load_gpt2(path: str | os.PathLike, dtype: Any = np.float32) -> GPT:
     4 n_embd, GELU with the tanh approximation, LayerNorm eps 1e-5, attention
     scaled by 1/sqrt(D) only, one dropout rate. ``dtype``: float16, float32 or float64.
     """
-    path = os.fspath(path)
+    path = resolve(path)
     dtype = _float_dtype(dtype)
     config = _read_config(path)
     _expect(config, path, "model_type", ("gpt2",), "gpt2")
@@ -203,8 +210,10 @@ def _read_config(path: str) -> dict:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"path must be a Hugging Face checkpoint directory with a config.json, got {path!r}")
-    with open(file, encoding="utf-8") as f:
-        return json.load(f)
+    config = read_json(file, "a model's config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def _required(config: dict, path: str, key: str) -> Any:
@@ -228,10 +237,29 @@ def _read_tensors(path: str) -> dict[str, np.ndarray]:
     torch_file = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(torch_file):
         return _read_torch(torch_file)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for index, read in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _read_torch)):
         if os.path.isfile(os.path.join(path, index)):
-            raise ValueError(f"{path} holds a sharded checkpoint ({index}); only single-file checkpoints are supported")
-    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+            return _read_shards(path, index, read)
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin (nor a sharded index)")
+
+
+def _read_shards(path: str, index: str, read: Any) -> dict[str, np.ndarray]:
+    """A sharded checkpoint: the index's ``weight_map`` (tensor -> shard file) must match the shards exactly."""
+    index_json = read_json(os.path.join(path, index), "a sharded checkpoint's index")
+    weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path}/{index} has no weight_map (tensor name -> shard file)")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        if os.path.basename(shard) != shard:
+            raise ValueError(f"{path}/{index}: shard {shard!r} must be a file name in the checkpoint directory")
+        part = read(os.path.join(path, shard))
+        listed = {k for k, v in weight_map.items() if v == shard}
+        if part.keys() != listed:
+            raise ValueError(f"{path}/{shard} does not match {index}: missing {sorted(listed - part.keys())}, "
+                             f"unlisted {sorted(part.keys() - listed)}")
+        tensors.update(part)
+    return tensors
 
 
 def _read_torch(file: str) -> dict[str, np.ndarray]:

@@ -296,3 +296,14 @@ def test_seq2seq_ids_out_of_range_name_the_argument():
         model(np.array([[1, 7]]), np.array([[1, 2]]))
     with pytest.raises(ValueError, match="tgt must hold target token ids in \\[0, 5\\)"):
         model(np.array([[1, 2]]), np.array([[1, 5]]))
+
+
+@pytest.mark.parametrize("load, name", [
+    (lambda d: __import__("nptransformer").pretrained.load_bert(d), "config.json"),
+    (lambda d: __import__("nptransformer").ByteLevelBPETokenizer.from_tokenizer_json(d / "tokenizer.json"),
+     "tokenizer.json"),
+])
+def test_a_corrupt_model_or_tokenizer_json_is_named(tmp_path, load, name):
+    (tmp_path / name).write_text('{"hidden_size": 4,')
+    with pytest.raises(ValueError, match=f"{name}: not valid JSON"):
+        load(tmp_path)

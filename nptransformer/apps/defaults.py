@@ -34,6 +34,8 @@ class TrainChar:
     plot: str = "char_gpt_loss.png"
     threads: int = 1
     seed: int = 0
+    parallel: str = "none"  # data | tensor | pipeline, under mpiexec -n N (docs/distributed.md)
+    micro_batches: int = 4  # pipeline micro-batches per batch
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,31 @@ class Embed:
     """``embed``: texts embedded by a Hugging Face BERT checkpoint."""
 
     dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Generate:
+    """``generate``: continue a prompt with a GPT-2 checkpoint."""
+
+    max_new_tokens: int = 64  # reduced to the room the model's context leaves after the prompt
+    temperature: float = 1.0
+    num_beams: int = 1
+    length_penalty: float = 0.6
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Serve:
+    """``serve``: a checkpoint over HTTP (docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16  # requests sharing one forward pass
+    max_wait_ms: float = 5.0  # how long a batch waits for company after its first request
+    max_queue: int = 256  # waiting requests before answering 503 busy
+    cache_size: int = 1024  # results remembered (LRU); 0 turns the cache off
+    dtype: str = "float32"
+    threads: int = 1  # BLAS threads; 0: BLAS's default (docs/serving.md: two threads were far slower here)
 
 
 @dataclass

@@ -10,6 +10,8 @@ gradient check.
 """
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from .collectives import (copy_to_group_backward, copy_to_group_forward, reduce_from_group_backward,
+                          reduce_from_group_forward)
 from .attention import AttentionContext, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
@@ -17,11 +19,15 @@ from .linear import add_backward, add_forward, linear_backward, linear_forward, 
 from .linear_activation import linear_activation_backward, linear_activation_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
 from .normalization import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .recurrent import gru_cell_backward, gru_cell_forward, lstm_cell_backward, lstm_cell_forward
 from .positional import rope_backward, rope_forward, sinusoidal_backward, sinusoidal_forward, sinusoidal_table
+from .relative_position import (relative_position_bias_backward, relative_position_bias_forward,
+                                relative_position_bucket, relative_positions)
 from ..registry import OPS, Case, OpSpec, register_op
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
     "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext",
+    "relative_position_bucket", "relative_positions",
 ]

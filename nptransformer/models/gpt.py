@@ -8,6 +8,13 @@ Each block is an :class:`~nptransformer.nn.TransformerEncoderLayer` with
 ``norm_first=True`` and ``is_causal=True``: the same layer (and the same
 backward) as the encoder-decoder, so its state_dict keys are torch's.
 
+Variants (docs/positions.md): ``positional="sinusoidal"`` (a fixed table
+instead of ``wpe``), ``"rotary"``, ``"alibi"`` or ``"relative"`` (T5's
+causal buckets, one table per block) in every block's attention instead of
+``wpe``; ``n_kv_head`` < ``n_head`` makes it grouped-query attention
+(:class:`~nptransformer.nn.GroupedQueryAttention`), whose KV cache is
+n_head / n_kv_head times smaller. The defaults build GPT-2 exactly.
+
 Inference: ``forward`` takes a ``KVCache`` (incremental decoding), an
 ``attention_mask`` and ``position_ids`` (left-padded batches) and
 ``need_weights`` (attention maps); :meth:`GPT.generate` decodes
@@ -26,11 +33,13 @@ from typing import Any
 from .. import _checks, backend
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
+from ..functional.positional import sinusoidal_table
 from ..kernels.ops import linear_backward, linear_forward
 from ..nn import init
 from ..nn.checkpoint import checkpoint_backward, checkpoint_forward
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
+from ..nn.grouped_attention import GroupedQueryAttention
 from ..nn.kv_cache import KVCache
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
@@ -38,6 +47,8 @@ from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
 from ..registry import ModuleCheck, register_module_check
 from ._masks import key_padding_from_attention_mask
+
+POSITIONALS = ("learned", "sinusoidal", "rotary", "alibi", "relative")
 
 
 class GPT(Module):
@@ -49,6 +60,10 @@ class GPT(Module):
     Initialised as GPT-2: N(0, 0.02), residual output projections
     N(0, 0.02 / sqrt(2 n_layer)), zero biases.
 
+    ``positional``: "learned" (``wpe``, GPT-2), "sinusoidal", "rotary",
+    "alibi" or "relative"; ``n_kv_head``: key/value heads per block
+    (dividing n_head; None = n_head, multi-head attention).
+
     ``checkpoint_activations``: True, or the indices of the blocks whose
     activations are recomputed in backward instead of kept (less memory,
     about a third more compute per such block; :mod:`nptransformer.nn.checkpoint`).
@@ -57,21 +72,35 @@ class GPT(Module):
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int,
                  dropout: float = 0.0, bias: bool = True, tie_weights: bool = True, dtype: Any = "float32",
-                 generator: Any = None, checkpoint_activations: Any = False):
+                 generator: Any = None, checkpoint_activations: Any = False, positional: str = "learned",
+                 n_kv_head: int | None = None):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
                             ("n_head", n_head), ("d_model", d_model)):
             _checks.check_positive_int(name, value)
+        if positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {positional!r}")
+        if n_kv_head is not None and (isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1
+                                      or n_head % n_kv_head):
+            raise ValueError(f"n_kv_head must be None or a positive divisor of n_head={n_head}, got {n_kv_head!r}")
         self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
         self.n_head, self.d_model, self.tie_weights = n_head, d_model, tie_weights
+        self.positional, self.n_kv_head = positional, n_head if n_kv_head is None else n_kv_head
         self.wte = Embedding(vocab_size, d_model, dtype=dtype)
-        self.wpe = Embedding(block_size, d_model, dtype=dtype)
+        self.wpe = Embedding(block_size, d_model, dtype=dtype) if positional == "learned" else None
+        if positional == "sinusoidal":
+            self.register_buffer("position_table", sinusoidal_table(block_size, d_model, dtype=dtype), persistent=False)
         self.drop = Dropout(dropout)
         self.blocks = ModuleList([
             TransformerEncoderLayer(d_model, n_head, 4 * d_model, dropout, activation="gelu_tanh",
                                     norm_first=True, bias=bias, dtype=dtype)
             for _ in range(n_layer)
         ])
+        if positional in ("rotary", "alibi", "relative") or self.n_kv_head != n_head:
+            for block in self.blocks:  # the same layer, with the variant attention in place of MultiheadAttention
+                block.self_attn = GroupedQueryAttention(
+                    d_model, n_head, self.n_kv_head, dropout, bias,
+                    position=positional if positional in ("rotary", "alibi", "relative") else None, dtype=dtype)
         self.ln_f = LayerNorm(d_model, bias=bias, dtype=dtype)
         self.lm_head = None if tie_weights else Linear(d_model, vocab_size, bias=False, dtype=dtype)
         self._init_weights(generator)
@@ -101,14 +130,17 @@ class GPT(Module):
         - ``position_ids`` (B, T) int: each token's position (default
           P, ..., P + T - 1). Left-padded prompts count positions from their
           first real token, so padding does not change a row's logits.
+          Read by learned and sinusoidal positions; rotary, ALiBi and
+          relative positions depend on distances only, which a row's shift
+          leaves unchanged.
         - ``cache``: a :class:`~nptransformer.generation.KVCache` with n_layer
           layers, used inside ``no_grad``; idx holds only the new tokens.
         - ``need_weights``: each ``blocks[i].self_attn.attn_weights`` keeps
           its (B, H, T, P + T) attention probabilities.
         """
         _checks.check_token_ids("idx", idx, self.vocab_size, "token ids")
-        if idx.ndim != 2:
-            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx must have shape (B, T) with T >= 1 tokens, got {tuple(idx.shape)}")
         B, T = idx.shape
         start = 0 if cache is None else cache.length
         if start + T > self.block_size:
@@ -125,9 +157,17 @@ class GPT(Module):
             _checks.check_int("position_ids", position_ids)
             if tuple(position_ids.shape) != (B, T):
                 raise ValueError(f"position_ids must have shape (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
+            _checks.check_token_ids("position_ids", position_ids, self.block_size, "positions")
             pos = position_ids
         padding = key_padding_from_attention_mask(attention_mask, (B, start + T), "(B, cached + new positions)")
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
+        elif self.positional == "sinusoidal":
+            x = x + get_array_module(x).take(self.position_table, pos, axis=0)  # a constant: no gradient
+        # rotary, alibi, relative: positions enter each block's attention, as distances j - i only, so a
+        # row's constant shift of position_ids (left padding) changes nothing there
+        x = self.drop(x)
         checkpoints = []  # per block: None, or what checkpoint_backward needs
         for i, block in enumerate(self.blocks):
             kwargs = dict(src_key_padding_mask=padding, is_causal=True, need_weights=need_weights,
@@ -175,7 +215,7 @@ class GPT(Module):
 
     def backward(self, dlogits: Any) -> None:
         """dL/dlogits (B, T, V) -> accumulates every parameter's gradient (token ids have none)."""
-        ctx, per_row_positions, checkpoints = self.saved()
+        ctx, per_row_positions, checkpoints = self.saved(dlogits)
         dx, dhead, _ = linear_backward(dlogits, ctx)
         self._head_weight().accumulate(dhead)  # tied: wte.grad gets the head's part and the lookup's part
         dx = self.ln_f.backward(dx)
@@ -183,7 +223,8 @@ class GPT(Module):
             dx = block.backward(dx) if c is None else checkpoint_backward(dx, c)
         dx = self.drop.backward(dx)
         xp = get_array_module(dx)
-        self.wpe.backward(dx if per_row_positions else xp.sum(dx, axis=0))  # default positions were broadcast over B
+        if self.wpe is not None:
+            self.wpe.backward(dx if per_row_positions else xp.sum(dx, axis=0))  # default positions were broadcast over B
         self.wte.backward(dx)
         return None
 
@@ -194,10 +235,12 @@ class GPT(Module):
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Trainable scalars (tied head counted once); ``non_embedding`` leaves out wte and wpe.
 
-        Closed form: 12 L C^2 + 13 L C (blocks) + 2C (ln_f) + V C + block_size C.
+        Closed form: 12 L C^2 + 13 L C (blocks) + 2C (ln_f) + V C + block_size C (the last term with
+        learned positions, the default; grouped-query attention and relative positions change the blocks' part).
         """
         n = super().num_parameters()
-        return n - self.wte.weight.size - self.wpe.weight.size if non_embedding else n
+        embedding = self.wte.weight.size + (self.wpe.weight.size if self.wpe is not None else 0)
+        return n - embedding if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) for sequences of ``seq_len`` (default block_size).
@@ -213,14 +256,16 @@ class GPT(Module):
         return 6 * n_matmul + 12 * self.n_layer * T * self.d_model
 
     def extra_repr(self) -> str:
+        variants = "" if self.positional == "learned" else f", positional={self.positional!r}"
+        variants += f", n_kv_head={self.n_kv_head}" if self.n_kv_head != self.n_head else ""
         return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, n_layer={self.n_layer}, "
-                f"n_head={self.n_head}, d_model={self.d_model}")
+                f"n_head={self.n_head}, d_model={self.d_model}{variants}")
 
 
-def _check(tie_weights: bool) -> Any:
+def _check(tie_weights: bool, positional: str = "learned", n_head: int = 2, n_kv_head: int | None = None) -> Any:
     def build(rng: Any) -> ModuleCheck:
-        model = GPT(vocab_size=7, block_size=6, n_layer=2, n_head=2, d_model=4, dropout=0.1, tie_weights=tie_weights,
-                    dtype="float64")
+        model = GPT(vocab_size=7, block_size=6, n_layer=2, n_head=n_head, d_model=8 if n_head > 2 else 4,
+                    dropout=0.1, tie_weights=tie_weights, dtype="float64", positional=positional, n_kv_head=n_kv_head)
         return ModuleCheck(model, (backend.asarray(rng.integers(0, 7, size=(2, 5))),), wrt=())
 
     return build
@@ -228,3 +273,9 @@ def _check(tie_weights: bool) -> Any:
 
 register_module_check("GPT.tied", _check(True))
 register_module_check("GPT.untied", _check(False))
+register_module_check("GPT.rotary", _check(True, "rotary"))
+register_module_check("GPT.alibi", _check(True, "alibi"))
+register_module_check("GPT.sinusoidal", _check(True, "sinusoidal"))
+register_module_check("GPT.relative", _check(True, "relative"))
+register_module_check("GPT.gqa", _check(True, "learned", n_head=4, n_kv_head=2))
+register_module_check("GPT.mqa_rotary", _check(False, "rotary", n_head=4, n_kv_head=1))
