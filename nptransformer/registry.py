@@ -60,6 +60,32 @@ class ModuleCheck:
     wrt: tuple | None = None
 
 
+class CallAs:
+    """A module's other forward (``self_attention``, ``cross_attention``, a call with keyword inputs) as
+    something :func:`~nptransformer.gradcheck.check_grad` can check.
+
+    ``module.<method>(*inputs[:n], **{k: v for k, v in zip(keywords, inputs[n:])}, **kwargs)``: the last
+    ``len(keywords)`` inputs are passed by those names, since check_grad perturbs inputs by position.
+    """
+
+    def __init__(self, module: Any, method: str = "__call__", keywords: tuple = ()):
+        self.module, self.method, self.keywords = module, method, tuple(keywords)
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        n = len(inputs) - len(self.keywords)
+        kwargs.update(zip(self.keywords, inputs[n:]))
+        return getattr(self.module, self.method)(*inputs[:n], **kwargs)
+
+    def backward(self, d: Any) -> Any:
+        return self.module.backward(d)
+
+    def named_parameters(self) -> Any:
+        return self.module.named_parameters()
+
+    def clear_saved(self) -> None:
+        self.module.clear_saved()
+
+
 OPS: dict[str, OpSpec] = {}
 MODULE_CHECKS: dict[str, Callable[[Any], ModuleCheck]] = {}
 

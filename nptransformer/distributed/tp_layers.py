@@ -32,12 +32,12 @@ from .. import backend
 from ..backend import get_array_module
 from ..kernels import ops
 from ..nn._examples import padding_mask
-from ..nn.attention import MultiheadAttention, _merge_heads, _Method, _split_heads
+from ..nn.attention import MultiheadAttention, _merge_heads, _split_heads
 from ..nn.attention_masks import attention_masks, combine
 from ..nn.dropout import Dropout
 from ..nn.feed_forward import FeedForward
 from ..nn.module import Module, Parameter
-from ..registry import ModuleCheck, register_module_check
+from ..registry import CallAs, ModuleCheck, register_module_check
 from .comm import Communicator
 
 class Sharded(Module):
@@ -263,14 +263,14 @@ def _check_self_attention(rng: Any) -> ModuleCheck:
     mha = MultiheadAttention(4, 2, dropout=0.3, dtype="float64")
     mha.in_proj_bias.data = backend.asarray(rng.normal(size=12) * 0.1)
     m = ParallelMultiheadAttention(mha, Communicator.single())
-    return ModuleCheck(_Method(m, "self_attention"), (rng.normal(size=(2, 3, 4)),),
+    return ModuleCheck(CallAs(m, "self_attention"), (rng.normal(size=(2, 3, 4)),),
                        {"key_padding_mask": padding_mask(2, 3), "is_causal": True})
 
 
 def _check_cross_attention(rng: Any) -> ModuleCheck:
     m = ParallelMultiheadAttention(MultiheadAttention(4, 2, dtype="float64"), Communicator.single())
     per_head = backend.asarray(rng.random(size=(2 * 2, 3, 5)) < 0.3)  # (B*H, L, S): the per-head mask path
-    return ModuleCheck(_Method(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
+    return ModuleCheck(CallAs(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
                        {"attn_mask": per_head, "key_padding_mask": padding_mask(2, 5)})
 
 

@@ -55,6 +55,17 @@ def gnmt_length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def check_beam_args(beam_width: int, n_best: int, length_penalty: float) -> None:
+    """The checks every beam search shares: beam_width >= 1, 1 <= n_best <= beam_width, a finite alpha."""
+    _checks.check_int_at_least("beam_width", beam_width, 1)
+    _checks.check_int_at_least("n_best", n_best, 1)
+    if n_best > beam_width:
+        raise ValueError(f"n_best must be <= beam_width ({beam_width}), got {n_best}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
+            or not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number (GNMT's alpha), got {length_penalty!r}")
+
+
 def beam_search(model: Any, src: Any, beam_width: int, max_len: int, length_penalty: float = 0.6, *,
                 bos_id: int, eos_id: int, n_best: int = 1, use_cache: bool = True) -> list[list[Hypothesis]]:
     """Beam search translation of src (B, S) ids -> for each source, its ``n_best`` best :class:`Hypothesis`.
@@ -65,13 +76,7 @@ def beam_search(model: Any, src: Any, beam_width: int, max_len: int, length_pena
     under ``no_grad``.
     """
     check_decoding_args(model, src, max_len, bos_id, eos_id)
-    _checks.check_int_at_least("beam_width", beam_width, 1)
-    _checks.check_int_at_least("n_best", n_best, 1)
-    if n_best > beam_width:
-        raise ValueError(f"n_best must be <= beam_width ({beam_width}), got {n_best}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
-            or not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number (GNMT's alpha), got {length_penalty!r}")
+    check_beam_args(beam_width, n_best, length_penalty)
     B, k = src.shape[0], beam_width
     rows = np.arange(B * k)
     tokens = np.full((B * k, 1), bos_id, dtype=np.int64)

@@ -17,14 +17,13 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import _checks, backend
-from .beam import Hypothesis, _extend, _hypothesis, _is_done, _log_softmax, gnmt_length_penalty
+from .beam import Hypothesis, _extend, _hypothesis, _is_done, _log_softmax, check_beam_args, gnmt_length_penalty
 from .decoder_only import _Stepper
 from .inference import check_token_id, inference
 
@@ -46,14 +45,8 @@ def beam_search_lm(model: Any, prompt: Sequence[int] | Any, beam_width: int, max
     if tokens.ndim != 1 or tokens.size < 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"prompt must be a non-empty 1-D sequence of token ids, got shape {tokens.shape} "
                          f"of {tokens.dtype}")
-    _checks.check_int_at_least("beam_width", beam_width, 1)
     _checks.check_int_at_least("max_new_tokens", max_new_tokens, 1)
-    _checks.check_int_at_least("n_best", n_best, 1)
-    if n_best > beam_width:
-        raise ValueError(f"n_best must be <= beam_width ({beam_width}), got {n_best}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
-            or not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number (GNMT's alpha), got {length_penalty!r}")
+    check_beam_args(beam_width, n_best, length_penalty)
     if eos_id is not None:
         check_token_id("eos_id", eos_id, model.vocab_size)
     T, k = tokens.size, beam_width

@@ -29,7 +29,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..nn.normalization import RMSNorm
 from ..nn.relative_position import RelativePositionBias
-from ..registry import ModuleCheck, register_module_check
+from ..registry import CallAs, ModuleCheck, register_module_check
 
 # Hugging Face's feed_forward_proj activations -> nptransformer's (gelu_new is GPT-2's tanh approximation).
 FEED_FORWARD_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -301,29 +301,12 @@ def _check_layer(decoder: bool, feed_forward_proj: str) -> Any:
         padding = backend.asarray([[False, False, False], [False, False, True]])
         if decoder:
             memory = rng.normal(size=(2, 3, 4))
-            return ModuleCheck(_Decoder(layer), (x, memory, bias), {"memory_key_padding_mask": padding})
+            # inputs in the order of the backward's gradients (dx, dmemory, dbias), passed by name
+            return ModuleCheck(CallAs(layer, keywords=("memory", "bias")), (x, memory, bias),
+                               {"memory_key_padding_mask": padding})
         return ModuleCheck(layer, (x, bias), {"key_padding_mask": padding})
 
     return build
-
-
-class _Decoder:
-    """A decoder T5Layer with (x, memory, bias) positional, as check_grad perturbs inputs by position."""
-
-    def __init__(self, layer: T5Layer):
-        self.layer = layer
-
-    def __call__(self, x: Any, memory: Any, bias: Any, **kwargs: Any) -> Any:
-        return self.layer(x, bias, memory=memory, **kwargs)
-
-    def backward(self, d: Any) -> tuple:
-        return self.layer.backward(d)
-
-    def named_parameters(self) -> Any:
-        return self.layer.named_parameters()
-
-    def clear_saved(self) -> None:
-        self.layer.clear_saved()
 
 
 register_module_check("T5Layer.encoder", _check_layer(False, "relu"))

@@ -36,7 +36,7 @@ from .. import _checks, backend
 from ..backend import get_array_module
 from ..grad_mode import is_grad_enabled
 from ..kernels import ops
-from ..registry import ModuleCheck, register_module_check
+from ..registry import CallAs, ModuleCheck, register_module_check
 from . import init
 from .attention_masks import attention_masks, causal_bottom_right, combine
 from .linear import Linear
@@ -260,14 +260,14 @@ def _merge_heads(grads: list) -> Any:
 def _check_self(rng: Any) -> ModuleCheck:
     m = MultiheadAttention(4, 2, dropout=0.3, dtype="float64")
     m.in_proj_bias.data = backend.asarray(rng.normal(size=12) * 0.1)
-    return ModuleCheck(_Method(m, "self_attention"), (rng.normal(size=(2, 3, 4)),),
+    return ModuleCheck(CallAs(m, "self_attention"), (rng.normal(size=(2, 3, 4)),),
                        {"key_padding_mask": padding_mask(2, 3), "is_causal": True})
 
 
 def _check_cross(rng: Any) -> ModuleCheck:
     m = MultiheadAttention(4, 2, dropout=0.3, dtype="float64")
     mask = backend.asarray([[j < 2 and i == 0 for j in range(5)] for i in range(3)], dtype="bool")
-    return ModuleCheck(_Method(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
+    return ModuleCheck(CallAs(m, "cross_attention"), (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))),
                        {"attn_mask": mask, "key_padding_mask": padding_mask(2, 5)})
 
 
@@ -280,31 +280,7 @@ def _check_separate(rng: Any) -> ModuleCheck:
 def _check_bias(rng: Any) -> ModuleCheck:
     m = MultiheadAttention(4, 2, dtype="float64")
     x, bias = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 3))  # bias (H, L, S), broadcast over B
-    return ModuleCheck(_Method(m, "self_attention", keywords=("attn_bias",)), (x, bias), {"is_causal": True})
-
-
-class _Method:
-    """A module's other forward (``self_attention``, ``cross_attention``) as a callable check_grad accepts.
-
-    The last inputs are passed by the names in ``keywords`` (check_grad perturbs inputs by position).
-    """
-
-    def __init__(self, module: Module, name: str, keywords: tuple = ()):
-        self.module, self.name, self.keywords = module, name, keywords
-
-    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
-        n = len(inputs) - len(self.keywords)
-        kwargs.update(zip(self.keywords, inputs[n:]))
-        return getattr(self.module, self.name)(*inputs[:n], **kwargs)
-
-    def backward(self, d: Any) -> Any:
-        return self.module.backward(d)
-
-    def named_parameters(self) -> Any:
-        return self.module.named_parameters()
-
-    def clear_saved(self) -> None:
-        self.module.clear_saved()
+    return ModuleCheck(CallAs(m, "self_attention", keywords=("attn_bias",)), (x, bias), {"is_causal": True})
 
 
 register_module_check("MultiheadAttention.self", _check_self)
