@@ -35,7 +35,7 @@ from . import _checks
 from .backend import Generator, to_numpy
 from .generation.inference import inference
 from .io import load_checkpoint, save_checkpoint
-from .optim import clip_grad_norm
+from .optim import clip_grad_norm, grads_are_finite
 
 
 @contextlib.contextmanager
@@ -100,6 +100,11 @@ class Trainer:
       (data, tensor or pipeline parallelism over MPI) that runs forward,
       backward and clipping across ranks; only its rank 0 prints and writes
       checkpoints (docs/distributed.md).
+    - ``scaler``: a :class:`~nptransformer.optim.GradScaler` for float16
+      training (``model`` a :class:`~nptransformer.nn.MixedPrecision` built
+      with the same scaler): a step whose gradients overflowed is skipped
+      (weights and optimizer untouched), logged, and the scale halved; the
+      scaler's state is saved in checkpoints (docs/precision-and-compression.md).
 
     ``history`` collects ``{"step", "loss"}`` per log interval and
     ``{"step", <metric>: value}`` per validation; it is saved in checkpoints.
@@ -108,10 +113,11 @@ class Trainer:
     def __init__(self, model: Any, optimizer: Any, criterion: Any, batch_fn: Callable[[Generator], tuple],
                  *, schedule: Any = None, max_grad_norm: float | None = 1.0, generator: Generator | None = None,
                  eval_fn: Callable[[Any], Any] | None = None, checkpoint: str | os.PathLike | None = None,
-                 out: TextIO | None = None, parallel: Any = None):
+                 out: TextIO | None = None, parallel: Any = None, scaler: Any = None):
         self.model, self.optimizer, self.criterion, self.batch_fn = model, optimizer, criterion, batch_fn
         self.parallel = _SingleProcess() if parallel is None else parallel
         self.schedule, self.max_grad_norm, self.eval_fn = schedule, max_grad_norm, eval_fn
+        self.scaler = scaler
         self.generator = Generator(0) if generator is None else generator
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.out = sys.stdout if out is None else out
@@ -134,14 +140,33 @@ class Trainer:
             self.criterion.clear_saved()
             raise TrainingDiverged(self.step + 1, value, self.last_checkpoint)
         self.parallel.backward(self.model, self.criterion)
+        if self.scaler is not None and not self._scaled_grads_ok():
+            self.step += 1
+            return value
         if self.max_grad_norm is not None:
             self.parallel.clip_grad_norm(self.model, self.max_grad_norm)
         self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update(found_inf=False)
         if self.schedule is not None:
             self.schedule.step()
         self.optimizer.zero_grad()
         self.step += 1
         return value
+
+    def _scaled_grads_ok(self) -> bool:
+        """False (step skipped, logged, scale backed off, gradients dropped) when a gradient overflowed."""
+        if grads_are_finite(self.model.parameters()):
+            return True
+        scale = self.scaler.scale
+        self.scaler.update(found_inf=True)
+        self.optimizer.zero_grad()
+        if self.schedule is not None:
+            self.schedule.step()  # the schedule counts steps taken or skipped, so max_steps still ends it
+        self._end_line()
+        print(f"step {self.step + 1}: gradient overflow at loss scale {scale:g}; update skipped, "
+              f"scale now {self.scaler.scale:g}", file=self.out, flush=True)
+        return False
 
     # -- the loop -------------------------------------------------------------------
     def fit(self, max_steps: int, *, log_every: int = 10, eval_every: int | None = None,
@@ -200,7 +225,8 @@ class Trainer:
     def save(self) -> None:
         """Write the checkpoint (model, optimizer, schedule, generators, step, history)."""
         self.parallel.save_checkpoint(self.checkpoint, self.model, self.optimizer, step=self.step,
-                                      schedule=self.schedule, generator=self.generator, history=self.history)
+                                      schedule=self.schedule, generator=self.generator, history=self.history,
+                                      **({} if self.scaler is None else {"scaler": self.scaler.state_dict()}))
         self.last_checkpoint = (self.checkpoint, self.step)
 
     def _resume(self) -> None:
@@ -212,6 +238,10 @@ class Trainer:
         state = self.parallel.load_checkpoint(self.checkpoint, self.model, self.optimizer, self.schedule,
                                               self.generator)
         self.step, self.history = state["step"], list(state.get("history", []))
+        if self.scaler is not None:
+            if "scaler" not in state:
+                raise ValueError(f"{self.checkpoint} holds no loss-scaler state, but this Trainer has a scaler")
+            self.scaler.load_state_dict(state["scaler"])
         self.last_checkpoint = (self.checkpoint, self.step)
         print(f"resumed from {self.checkpoint} at step {self.step}", file=self.out, flush=True)
 

@@ -26,8 +26,8 @@ from ..backend import Generator, to_numpy
 from ..data import char_batch
 from ..generation.inference import inference
 from ..models import GPT
-from ..nn import CrossEntropyLoss
-from ..optim import AdamW, WarmupCosine, param_groups_for_weight_decay
+from ..nn import CrossEntropyLoss, MixedPrecision
+from ..optim import AdamW, GradScaler, WarmupCosine, param_groups_for_weight_decay
 from ..tokenizers import CharTokenizer
 from ..training import Trainer, TrainingDiverged, blas_threads, format_duration
 
@@ -68,7 +68,7 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
                    weight_decay: float = 0.1, dropout: float = 0.0, eval_every: int = 200, log_every: int = 25,
                    checkpoint: str | None = None, resume: bool = False, seed: int = 0,
                    out: TextIO | None = None, parallel: str | None = None, micro_batches: int = 4,
-                   zero: bool = False) -> tuple[GPT, CharTokenizer, Trainer]:
+                   zero: bool = False, precision: str = "float32") -> tuple[GPT, CharTokenizer, Trainer]:
     """Train a GPT on ``text`` with AdamW and warmup + cosine decay; returns (model, tokenizer, trainer).
 
     ``trainer.history`` holds the training loss per ``log_every`` steps and
@@ -78,7 +78,14 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
     strategy is ``trainer.parallel``, and the model returned is split: use
     ``trainer.parallel.full_model(model)`` for the whole one). ``zero``
     (data parallelism only): AdamW's state split across the ranks (ZeRO stage 1).
+    ``precision``: "float32"; "float16" (forward and backward in float16,
+    float32 master weights, no loss scaling); "mixed" (the same with a
+    :class:`~nptransformer.optim.GradScaler`, ``trainer.scaler``).
     """
+    if precision not in ("float32", "float16", "mixed"):
+        raise ValueError(f"precision must be 'float32', 'float16' or 'mixed', got {precision!r}")
+    if precision != "float32" and parallel not in (None, "none"):
+        raise ValueError(f"precision={precision!r} runs in one process; got parallel={parallel!r}")
     tokenizer, train_ids, val_ids = split_text(text)
     backend.manual_seed(seed)
     model = GPT(tokenizer.vocab_size, block_size, n_layer, n_head, d_model, dropout=dropout,
@@ -89,6 +96,9 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
 
         strategy = parallelize(parallel, model, micro_batches=micro_batches, seed=seed)
     net = model if strategy is None else strategy.local_model(model)
+    scaler = GradScaler() if precision == "mixed" else None
+    if precision != "float32":
+        net = MixedPrecision(net, "float16", scaler)
     groups = param_groups_for_weight_decay(net, weight_decay)
     if zero:
         if parallel != "data":
@@ -102,7 +112,8 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
     trainer = Trainer(net, optimizer, CrossEntropyLoss(),
                       lambda g: char_batch(train_ids, block_size, batch_size, g), schedule=schedule,
                       max_grad_norm=1.0, generator=Generator(seed + 1), checkpoint=checkpoint, out=out,
-                      eval_fn=lambda m: validation_loss(m, val_ids, block_size, parallel=strategy), parallel=strategy)
+                      eval_fn=lambda m: validation_loss(m, val_ids, block_size, parallel=strategy), parallel=strategy,
+                      scaler=scaler)
     trainer.fit(steps, log_every=log_every, eval_every=eval_every, checkpoint_every=eval_every if checkpoint else None,
                 resume=resume)
     return model, tokenizer, trainer
@@ -152,7 +163,7 @@ def run_cli(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, steps=args.steps, lr=args.lr, dropout=args.dropout,
                     eval_every=args.eval_every, checkpoint=args.checkpoint, resume=args.resume, seed=args.seed,
                     parallel=parallel, micro_batches=getattr(args, "micro_batches", 4),
-                    zero=getattr(args, "zero", False))
+                    zero=getattr(args, "zero", False), precision=getattr(args, "precision", "float32"))
                 if parallel != "none":
                     model = trainer.parallel.full_model(model)  # every rank takes part; rank 0 gets the model
                     if not is_main:

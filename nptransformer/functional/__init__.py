@@ -10,6 +10,7 @@ gradient check.
 """
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from .batch_norm import batch_norm_backward, batch_norm_forward, batch_statistics
 from .collectives import (copy_to_group_backward, copy_to_group_forward, reduce_from_group_backward,
                           reduce_from_group_forward)
 from .attention import AttentionContext, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
@@ -24,10 +25,15 @@ from .positional import rope_backward, rope_forward, sinusoidal_backward, sinuso
 from .relative_position import (relative_position_bias_backward, relative_position_bias_forward,
                                 relative_position_bucket, relative_positions)
 from ..registry import OPS, Case, OpSpec, register_op
+from .linear_attention import favor_features, linear_attention_backward, linear_attention_forward
+from .sparse_attention import (sliding_window_attention_backward, sliding_window_attention_forward,
+                               sliding_window_mask)
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
+from .distillation import distillation_backward, distillation_forward
+from .quantize import fake_quantize_backward, fake_quantize_forward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
-    "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext",
-    "relative_position_bucket", "relative_positions",
+    "OPS", "Case", "OpSpec", "register_op", "sinusoidal_table", "AttentionContext", "batch_statistics",
+    "relative_position_bucket", "relative_positions", "sliding_window_mask", "favor_features",
 ]

@@ -16,6 +16,7 @@ gradient) and against finite differences.
 """
 
 from .. import functional  # noqa: F401  (the reference ops register first: every kernel names one)
+from . import tiled_attention  # noqa: F401  (before .attention: the dispatch tries it first, for long key rows)
 from . import activations, attention, cross_entropy, linear, linear_activation, normalization, softmax  # noqa: F401
 from .dispatch import (KERNELS, Dispatched, Kernel, choose, configured, disabled, kernels_for, reference_only,
                        register_kernel, small_settings)

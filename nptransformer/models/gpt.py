@@ -39,9 +39,11 @@ from ..nn import init
 from ..nn.checkpoint import checkpoint_backward, checkpoint_forward
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
+from ..nn.efficient_attention import EfficientSelfAttention
 from ..nn.grouped_attention import GroupedQueryAttention
 from ..nn.kv_cache import KVCache
 from ..nn.linear import Linear
+from ..nn.mixture_of_experts import MixtureOfExperts
 from ..nn.module import Module, ModuleList
 from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
@@ -62,7 +64,18 @@ class GPT(Module):
 
     ``positional``: "learned" (``wpe``, GPT-2), "sinusoidal", "rotary",
     "alibi" or "relative"; ``n_kv_head``: key/value heads per block
-    (dividing n_head; None = n_head, multi-head attention).
+    (dividing n_head; None = n_head, multi-head attention). ``feed_forward``:
+    None (the 4C GELU MLP) or d_model -> a Module used as every block's
+    feed-forward, e.g. ``lambda d: MixtureOfExperts(d, 4 * d, num_experts=8)``
+    (whose load-balancing loss enters training through its backward:
+    :func:`~nptransformer.nn.load_balancing_loss`).
+
+    ``attention``: None (softmax attention; run tiled, in O(T) memory, for
+    long rows by the dispatch) or the options of an
+    :class:`~nptransformer.nn.EfficientSelfAttention` put in every block,
+    e.g. ``{"kind": "sliding_window", "window": 256}`` or ``{"kind":
+    "linear", "feature_map": "favor"}`` (docs/long-sequences.md); with
+    learned or sinusoidal positions, n_kv_head = n_head, generation without cache.
 
     ``checkpoint_activations``: True, or the indices of the blocks whose
     activations are recomputed in backward instead of kept (less memory,
@@ -73,7 +86,7 @@ class GPT(Module):
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int,
                  dropout: float = 0.0, bias: bool = True, tie_weights: bool = True, dtype: Any = "float32",
                  generator: Any = None, checkpoint_activations: Any = False, positional: str = "learned",
-                 n_kv_head: int | None = None):
+                 n_kv_head: int | None = None, feed_forward: Any = None, attention: dict | None = None):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
                             ("n_head", n_head), ("d_model", d_model)):
@@ -93,7 +106,7 @@ class GPT(Module):
         self.drop = Dropout(dropout)
         self.blocks = ModuleList([
             TransformerEncoderLayer(d_model, n_head, 4 * d_model, dropout, activation="gelu_tanh",
-                                    norm_first=True, bias=bias, dtype=dtype)
+                                    norm_first=True, bias=bias, dtype=dtype, feed_forward=feed_forward)
             for _ in range(n_layer)
         ])
         if positional in ("rotary", "alibi", "relative") or self.n_kv_head != n_head:
@@ -101,6 +114,15 @@ class GPT(Module):
                 block.self_attn = GroupedQueryAttention(
                     d_model, n_head, self.n_kv_head, dropout, bias,
                     position=positional if positional in ("rotary", "alibi", "relative") else None, dtype=dtype)
+        if attention is not None:
+            if (not isinstance(attention, dict) or positional not in ("learned", "sinusoidal")
+                    or self.n_kv_head != n_head):
+                raise ValueError(f"attention must be None or a dict of EfficientSelfAttention options, with learned or "
+                                 f"sinusoidal positions and n_kv_head = n_head; got {attention!r}, "
+                                 f"positional={positional!r}, n_kv_head={n_kv_head!r}")
+            for block in self.blocks:
+                block.self_attn = EfficientSelfAttention(d_model, n_head, bias=bias, dtype=dtype, generator=generator,
+                                                        **attention)
         self.ln_f = LayerNorm(d_model, bias=bias, dtype=dtype)
         self.lm_head = None if tie_weights else Linear(d_model, vocab_size, bias=False, dtype=dtype)
         self._init_weights(generator)
@@ -249,7 +271,10 @@ class GPT(Module):
         head; 2 FLOPs per multiply-add, and backward costs twice forward)
         plus 12 L T C for the attention products QK^T and PV (2 T C FLOPs
         each per token forward, x3 with backward; causal masking not
-        subtracted), the accounting of the PaLM paper's appendix B.
+        subtracted), the accounting of the PaLM paper's appendix B. With
+        :class:`~nptransformer.nn.MixtureOfExperts` feed-forwards N counts
+        every expert; a token's cost counts only its top_k
+        (``num_active_parameters``).
         """
         T = self.block_size if seq_len is None else seq_len
         n_matmul = self.num_parameters(non_embedding=True) + self.vocab_size * self.d_model
@@ -279,3 +304,31 @@ register_module_check("GPT.sinusoidal", _check(True, "sinusoidal"))
 register_module_check("GPT.relative", _check(True, "relative"))
 register_module_check("GPT.gqa", _check(True, "learned", n_head=4, n_kv_head=2))
 register_module_check("GPT.mqa_rotary", _check(False, "rotary", n_head=4, n_kv_head=1))
+
+
+def _check_attention(attention: dict) -> Any:
+    def build(rng: Any) -> ModuleCheck:
+        model = GPT(vocab_size=7, block_size=6, n_layer=1, n_head=2, d_model=4, dtype="float64", attention=attention,
+                    generator=backend.Generator(0))
+        return ModuleCheck(model, (backend.asarray(rng.integers(0, 7, size=(2, 5))),), wrt=())
+
+    return build
+
+
+register_module_check("GPT.sliding_window",
+                      _check_attention({"kind": "sliding_window", "window": 1, "global_tokens": 1}))
+register_module_check("GPT.linear_favor",
+                      _check_attention({"kind": "linear", "feature_map": "favor", "num_features": 4}))
+
+
+def _check_moe(rng: Any) -> ModuleCheck:
+    model = GPT(vocab_size=7, block_size=6, n_layer=1, n_head=2, d_model=4, dtype="float64",
+                feed_forward=lambda d: MixtureOfExperts(d, 6, num_experts=3, top_k=2, aux_loss_weight=0.0,
+                                                        dtype="float64"))
+    for name, p in model.named_parameters():
+        if name.endswith("router.weight"):
+            p.data = backend.asarray(rng.normal(size=p.shape))  # O(1) router logits: no near-ties to flip
+    return ModuleCheck(model, (backend.asarray(rng.integers(0, 7, size=(2, 4))),), wrt=())
+
+
+register_module_check("GPT.moe", _check_moe)

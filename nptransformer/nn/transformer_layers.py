@@ -28,6 +28,7 @@ from .. import _checks
 from ..registry import ModuleCheck, register_module_check
 from .attention import MultiheadAttention
 from .dropout import Dropout
+from .efficient_attention import EfficientSelfAttention
 from .feed_forward import FeedForward
 from ._examples import padding_mask
 from .module import Module
@@ -97,16 +98,24 @@ class TransformerEncoderLayer(_Sublayers):
     torch's arguments: ``norm`` (d_model -> a norm Module, default
     LayerNorm), ``feed_forward`` (d_model -> a Module, default
     :class:`FeedForward`), ``attn_dropout`` (the attention probabilities'
-    dropout when it differs from ``dropout``, as in BERT).
+    dropout when it differs from ``dropout``, as in BERT), ``attention``
+    (None, or the options of an :class:`EfficientSelfAttention` used as
+    ``self_attn``, e.g. ``{"kind": "sliding_window", "window": 256}``:
+    docs/long-sequences.md).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Any = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
                  norm_first: bool = False, bias: bool = True, dtype: Any = "float32", *,
                  norm: Callable[[int], Module] | None = None, feed_forward: Callable[[int], Module] | None = None,
-                 attn_dropout: float | None = None):
+                 attn_dropout: float | None = None, attention: dict | None = None):
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
                          norm_first, bias, dtype, False, norm, feed_forward, attn_dropout)
+        if attention is not None:
+            if not isinstance(attention, dict):
+                raise TypeError(f"attention must be None or a dict of EfficientSelfAttention options, "
+                                f"got {type(attention).__name__}")
+            self.self_attn = EfficientSelfAttention(d_model, nhead, bias=bias, dtype=dtype, **attention)
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False,
                 need_weights: bool = False, cache: Any = None) -> Any:

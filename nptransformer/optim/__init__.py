@@ -11,6 +11,7 @@ The update rules, as formulas: docs/optim.md.
 
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm
+from .grad_scaler import GradScaler
 from .optimizer import Optimizer, grads_are_finite, param_groups_for_weight_decay
 from .schedules import LRSchedule, NoamSchedule, WarmupCosine
 from .sgd import SGD
@@ -21,6 +22,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "clip_grad_norm",
+    "GradScaler",
     "grads_are_finite",
     "param_groups_for_weight_decay",
     "LRSchedule",
