@@ -38,6 +38,7 @@ import numpy as np
 from .. import backend, parallel
 from ..backend import dtype_name, get_array_module
 from ..functional.attention import attention_cases, causal_mask, check_attention_inputs
+from ..functional.dropout import dropout_backward
 from ..functional.linear import sum_to_shape
 from . import ops
 from ._gemm import SERIAL_PRODUCT, stacked_matmul
@@ -144,7 +145,7 @@ class BlockedAttention(Kernel):
             if masked is not None:
                 S += xp.where(masked, minus_inf, zero)  # the mask is (r, keys) or broadcasts: small
             P, softmax_ctx = ops.softmax_forward(S, axis=-1)
-            W = _dropped(P, None if keep is None else keep[..., r0:r1, :keys], dropout_scale)
+            W = dropout_backward(P, (None if keep is None else keep[..., r0:r1, :keys], dropout_scale))
             outs.append(self._product(W, v[..., :keys, :]))  # (..., r, keys) @ (..., keys, Dv)
             blocks.append(_Block(rows, keys, P, softmax_ctx))
         out = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)
@@ -159,10 +160,10 @@ class BlockedAttention(Kernel):
             (r0, r1), keys = b.rows, b.keys
             q, k, v, d = ctx.q[..., r0:r1, :], ctx.k[..., :keys, :], ctx.v[..., :keys, :], dout[..., r0:r1, :]
             keep = None if ctx.keep is None else ctx.keep[..., r0:r1, :keys]
-            W = _dropped(b.probs, keep, ctx.dropout_scale)
+            W = dropout_backward(b.probs, (keep, ctx.dropout_scale))
             dv_b = self._product(xp.matrix_transpose(W), d)  # dv = W^T dout  (..., keys, Dv)
             dW = self._product(d, xp.matrix_transpose(v))  # dW = dout v^T  (..., r, keys)
-            dS = ops.softmax_backward(_dropped(dW, keep, ctx.dropout_scale), b.softmax_ctx)
+            dS = ops.softmax_backward(dropout_backward(dW, (keep, ctx.dropout_scale)), b.softmax_ctx)
             if dbias is not None:  # blocks in a fixed order: the same sums on every run
                 part = _part(dbias, b.rows, keys)
                 dbias[part] += sum_to_shape(dS, tuple(dbias[part].shape))
@@ -204,13 +205,6 @@ def _keep_mask(shape: tuple, p: float, generator: Any, like: Any) -> Any:
     if p == 0:
         return None
     return (backend.default_generator if generator is None else generator).bernoulli(shape, 1.0 - p, like=like)
-
-
-def _dropped(x: Any, keep: Any, scale: float) -> Any:
-    """Inverted dropout with a drawn mask, x * keep / (1 - p); a diagonal linear map, so also its own backward."""
-    if keep is None:
-        return x
-    return get_array_module(x).where(keep, x * scale, 0.0)
 
 
 register_kernel(BlockedAttention())

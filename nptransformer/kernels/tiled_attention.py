@@ -50,6 +50,7 @@ import numpy as np
 from .. import backend
 from ..backend import dtype_name, get_array_module
 from ..functional.attention import attention_cases, check_attention_inputs
+from ..functional.dropout import dropout_backward
 from ..functional.linear import sum_to_shape
 from .dispatch import Kernel, register_kernel
 
@@ -121,6 +122,7 @@ class TiledAttention(Kernel):
         ctx = TiledContext(q, k, v, None, None, None, attn_mask, bias, bool(is_causal), scale, float(dropout_p),
                            dropout_state, self.settings["block_q"], self.settings["block_k"])
         outs, lses, one_hots = [], [], []
+        dropout_scale = 1.0 / (1.0 - dropout_p)
         for r0, r1 in _blocks(tq, ctx.block_q):
             keep = _keep_rows(ctx, (r0, r1))
             m = l = acc = None
@@ -132,7 +134,8 @@ class TiledAttention(Kernel):
                 # A query with no key seen yet keeps m = -inf; shifting by 0 there gives exp(-inf) = 0, not nan.
                 shift = xp.where(xp.isinf(m_new), xp.zeros_like(m_new), m_new)
                 p = xp.exp(S - shift)
-                w = _dropped(p, None if keep is None else keep[..., c0:c1], dropout_p)
+                # the dropout map with this tile's part of the mask (linear, so its backward is itself)
+                w = dropout_backward(p, (None if keep is None else keep[..., c0:c1], dropout_scale))
                 part = w @ v[..., c0:c1, :]  # (..., r, c) @ (..., c, Dv)
                 if m is None:
                     l, acc = xp.sum(p, axis=-1, keepdims=True), part
@@ -161,6 +164,7 @@ class TiledAttention(Kernel):
         dk, dv = xp.zeros_like(k), xp.zeros_like(v)
         dbias = None if ctx.bias is None else backend.zeros(tuple(ctx.bias.shape), like=dout)
         zero = backend.full((), 0.0, like=dout)
+        dropout_scale = 1.0 / (1.0 - ctx.dropout_p)
         for r0, r1 in _blocks(q.shape[-2], ctx.block_q):
             keep = _keep_rows(ctx, (r0, r1))
             d = dout[..., r0:r1, :]
@@ -168,9 +172,10 @@ class TiledAttention(Kernel):
             for c0, c1 in _key_blocks(ctx, (r0, r1)):
                 P = _tile_probs(ctx, (r0, r1), (c0, c1))  # forward: P = softmax(S) = exp(S - lse)
                 tile_keep = None if keep is None else keep[..., c0:c1]
-                W = _dropped(P, tile_keep, ctx.dropout_p)  # forward: W = dropout(P)
+                W = dropout_backward(P, (tile_keep, dropout_scale))  # forward: W = dropout(P), rebuilt from P
                 dv[..., c0:c1, :] += xp.matrix_transpose(W) @ d  # forward: out = W v, so dv = W^T dout
-                dP = _dropped(d @ xp.matrix_transpose(v[..., c0:c1, :]), tile_keep, ctx.dropout_p)  # dW = dout v^T
+                dW = d @ xp.matrix_transpose(v[..., c0:c1, :])  # and dW = dout v^T
+                dP = dropout_backward(dW, (tile_keep, dropout_scale))  # forward: W = P * keep / (1 - p)
                 # forward: P = softmax(S). A one-hot row has dS = 0 exactly; the rowsum form of delta rounds
                 # differently from its dP (another BLAS routine), so it is set, not left at 1e-17.
                 dS = xp.where(one_hot, zero, P * (dP - delta[..., r0:r1, :]))
@@ -277,13 +282,6 @@ def _keep_rows(ctx: TiledContext, rows: tuple[int, int]) -> Any:
         gen.set_state(_jumped(ctx.dropout_state, i * tq * tk + r0 * tk))
         parts.append(gen.bernoulli(((r1 - r0) * tk,), 1.0 - ctx.dropout_p, like=ctx.q))
     return xp.reshape(xp.stack(parts), lead + (r1 - r0, tk))
-
-
-def _dropped(x: Any, keep: Any, p: float) -> Any:
-    """Inverted dropout with a regenerated mask, x * keep / (1 - p); diagonal, so its own backward."""
-    if keep is None:
-        return x
-    return get_array_module(x).where(keep, x * (1.0 / (1.0 - p)), 0.0)
 
 
 register_kernel(TiledAttention())
