@@ -82,6 +82,7 @@ class Kernel:
 
 #: Kernel name -> the registered kernel, in registration order (the order the dispatch tries them).
 KERNELS: dict[str, Kernel] = {}
+_by_op: dict[str, list[str]] = {}  # op -> its kernels' names in registration order: no scan of KERNELS per call
 _disabled: set[str] = set()
 _reference_only = False
 
@@ -93,12 +94,13 @@ def register_kernel(kernel: Kernel) -> Kernel:
     if kernel.name in KERNELS:
         raise ValueError(f"kernel {kernel.name!r} is registered twice")
     KERNELS[kernel.name] = kernel
+    _by_op.setdefault(kernel.op, []).append(kernel.name)
     return kernel
 
 
 def kernels_for(op: str) -> list[Kernel]:
     """The kernels registered for reference op ``op``, in the order the dispatch tries them."""
-    return [k for k in KERNELS.values() if k.op == op]
+    return [KERNELS[name] for name in _by_op.get(op, ())]
 
 
 @dataclass
