@@ -25,7 +25,6 @@ from .backend import to_numpy
 from .hub import resolve
 from .models.bert import HIDDEN_ACTS, BERT
 from .models.bert_classifier import BertForSequenceClassification
-from .nn.feed_forward import FeedForward
 from .pretrained import _bert_table, _read_config, _read_tensors, bert_from_tensors
 from .safetensors import save_file
 
@@ -95,9 +94,8 @@ def save_bert_classifier(model: BertForSequenceClassification, directory: str | 
 
 def _config(model: BertForSequenceClassification, labels: dict[int, str]) -> dict:
     bert: BERT = model.bert
-    activation = next(m.activation for m in bert.modules() if isinstance(m, FeedForward))
-    hidden_act = next(k for k, v in HIDDEN_ACTS.items() if v == activation)
     layer = bert.encoder.layers[0]
+    hidden_act = next(k for k, v in HIDDEN_ACTS.items() if v == layer.feed_forward.activation)
     return {
         "architectures": ["BertForSequenceClassification"], "model_type": "bert",
         "vocab_size": bert.vocab_size, "hidden_size": bert.hidden_size,
