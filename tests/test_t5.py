@@ -86,13 +86,17 @@ def _batch():
 BUCKET_CONFIGS = [(32, 128), (8, 12), (64, 256), (7, 20), (2, 3), (18, 128), (72, 32)]
 
 
-@pytest.mark.parametrize("num_buckets,max_distance", BUCKET_CONFIGS)
-@pytest.mark.parametrize("bidirectional", [True, False])
+def _accepted(num_buckets, max_distance, bidirectional):
+    """The configurations the bucket function accepts; the others (no exact bucket, or max_distance within
+    the exact ones) are refused, which a test below checks."""
+    per_side = num_buckets // 2 if bidirectional else num_buckets
+    return per_side >= 2 and max_distance > per_side // 2
+
+
+@pytest.mark.parametrize("num_buckets,max_distance,bidirectional",
+                         [(n, m, b) for n, m in BUCKET_CONFIGS for b in (True, False) if _accepted(n, m, b)])
 def test_bucket_ids_equal_transformers(hf, num_buckets, max_distance, bidirectional):
     torch, modeling_t5 = hf
-    per_side = num_buckets // 2 if bidirectional else num_buckets
-    if per_side < 2 or max_distance <= per_side // 2:
-        pytest.skip("no exact bucket, or max_distance within the exact ones: refused (tested below)")
     d = np.arange(-1000, 1001)
     theirs = modeling_t5.T5Attention._relative_position_bucket(torch.tensor(d), bidirectional, num_buckets,
                                                                max_distance).numpy()
