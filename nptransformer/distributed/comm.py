@@ -34,6 +34,7 @@ from ..backend import to_numpy
 
 #: Seconds a rank waits for a peer before giving up (``NPTRANSFORMER_COMM_TIMEOUT`` overrides it).
 DEFAULT_TIMEOUT = float(os.environ.get("NPTRANSFORMER_COMM_TIMEOUT", "120"))
+ABORT_GRACE_SECONDS = 0.5  # time the launcher gets to forward the abort message before MPI_Abort
 
 
 class CommTimeout(RuntimeError):
@@ -185,6 +186,9 @@ class Communicator:
         """Print ``message`` on stderr and end every rank of the job (MPI_Abort)."""
         print(f"[rank {self.rank}/{self.size}] {message}", file=sys.stderr, flush=True)
         if self.size > 1:
+            # The launcher forwards each rank's output asynchronously and MPI_Abort kills its
+            # forwarders at once: without a pause the message is sometimes lost (seen with MPICH).
+            time.sleep(ABORT_GRACE_SECONDS)
             self._comm.Abort(code)
         raise SystemExit(code)
 
