@@ -8,6 +8,7 @@ import pytest
 from nptransformer import GPT
 from nptransformer.backend import Generator
 from nptransformer.data import char_batch
+from nptransformer.kernels.bfloat16 import round_to_bfloat16
 from nptransformer.nn import CrossEntropyLoss, Linear, MixedPrecision
 from nptransformer.optim import AdamW, GradScaler
 from nptransformer.training import Trainer
@@ -115,5 +116,47 @@ def test_train_char_gpt_runs_mixed_precision_and_refuses_an_unknown_precision():
                                        eval_every=2, log_every=2, precision="mixed", out=io.StringIO())
     assert isinstance(trainer.scaler, GradScaler) and isinstance(trainer.model, MixedPrecision)
     assert model.wte.weight.dtype == np.float32 and trainer.scaler.steps == 4
-    with pytest.raises(ValueError, match="precision"):
-        train_char_gpt(text, steps=2, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_char_gpt(text, steps=2, precision="float8")
+    _, _, trainer = train_char_gpt(text, d_model=16, n_layer=1, n_head=2, block_size=8, batch_size=4, steps=2,
+                                   eval_every=2, log_every=2, precision="bfloat16", out=io.StringIO())
+    assert trainer.model.dtype == "bfloat16" and trainer.scaler is None
+
+
+def _bfloat16_bits_reference(x):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is the independent bfloat16 reference")
+    with np.errstate(over="ignore"):
+        return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def test_bfloat16_rounding_equals_ml_dtypes_bit_for_bit():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2 ** 32, size=2 ** 22, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x7F7FFFFF,
+                        0x7F7F8000, 0x7F7F7FFF, 0x00000001, 0x00008000, 0x00018000, 0x3F808000, 0x3F818000],
+                       dtype=np.uint32)
+    x = np.concatenate([bits, special]).view(np.float32)
+    got, want = round_to_bfloat16(x), _bfloat16_bits_reference(x)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), f"{int((~same).sum())} differ, first at bits {hex(int(x.view(np.uint32)[~same][0]))}"
+
+
+def test_bfloat16_rounding_refuses_other_dtypes_by_name():
+    with pytest.raises(TypeError, match="x must be a float32 array"):
+        round_to_bfloat16(np.ones(3))
+
+
+def test_bfloat16_mixed_precision_rounds_every_result_and_keeps_tiny_gradients():
+    layer = Linear(8, 4, generator=Generator(0))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    mp = MixedPrecision(layer, "bfloat16")
+    y = mp(x)
+    xb, wb, bb = (_bfloat16_bits_reference(a).astype(np.float64) for a in (x, layer.weight.data, layer.bias.data))
+    exact = xb @ wb.T + bb  # what bfloat16 hardware computes: bfloat16 operands, a wide accumulator
+    np.testing.assert_allclose(y, exact, rtol=2 ** -8, atol=1e-30)  # one bfloat16 rounding of the result
+    assert np.array_equal(y, _bfloat16_bits_reference(y))  # every value is a bfloat16 number
+    dy = np.full((5, 4), 1e-8, dtype=np.float32)  # flushes to zero in float16, not in bfloat16
+    mp.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, 1e-8 * xb.sum(axis=0)[None, :].repeat(4, 0), rtol=2 ** -7)
+    assert layer.weight.grad.dtype == np.float32

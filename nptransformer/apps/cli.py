@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches per batch with --parallel pipeline")
     c.add_argument("--zero", action="store_true",
                    help="with --parallel data: split AdamW's state across the ranks (ZeRO stage 1)")
-    c.add_argument("--precision", choices=["float32", "float16", "mixed"], default="float32",
-                   help="float16: float16 compute, float32 master weights; mixed: the same with loss scaling "
-                        "(docs/precision-and-compression.md)")
+    c.add_argument("--precision", choices=["float32", "float16", "mixed", "bfloat16"], default="float32",
+                   help="float16: float16 compute, float32 master weights; mixed: the same with loss scaling; "
+                        "bfloat16: every op's result rounded to bfloat16 (docs/precision-and-compression.md)")
     c.set_defaults(run=_lazy("train_char"))
 
     b = sub.add_parser("bench", help="time a GPT training step (and PyTorch's with --compare-torch); docs/performance.md")

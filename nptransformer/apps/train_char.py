@@ -32,6 +32,9 @@ from ..tokenizers import CharTokenizer
 from ..training import Trainer, TrainingDiverged, blas_threads, format_duration
 
 
+#: The ``precision`` values of :func:`train_char_gpt` (and ``train-char --precision``).
+PRECISIONS = ("float32", "float16", "mixed", "bfloat16")
+
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[CharTokenizer, np.ndarray, np.ndarray]:
     """(tokenizer, train ids, validation ids): the last ``val_fraction`` of the text is held out."""
     if not 0 < val_fraction < 1:
@@ -80,10 +83,12 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
     (data parallelism only): AdamW's state split across the ranks (ZeRO stage 1).
     ``precision``: "float32"; "float16" (forward and backward in float16,
     float32 master weights, no loss scaling); "mixed" (the same with a
-    :class:`~nptransformer.optim.GradScaler`, ``trainer.scaler``).
+    :class:`~nptransformer.optim.GradScaler`, ``trainer.scaler``);
+    "bfloat16" (forward and backward rounded to bfloat16, float32 master
+    weights; bfloat16's range needs no loss scaling).
     """
-    if precision not in ("float32", "float16", "mixed"):
-        raise ValueError(f"precision must be 'float32', 'float16' or 'mixed', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "float32" and parallel not in (None, "none"):
         raise ValueError(f"precision={precision!r} runs in one process; got parallel={parallel!r}")
     tokenizer, train_ids, val_ids = split_text(text)
@@ -98,7 +103,7 @@ def train_char_gpt(text: str, *, d_model: int = 128, n_layer: int = 4, n_head: i
     net = model if strategy is None else strategy.local_model(model)
     scaler = GradScaler() if precision == "mixed" else None
     if precision != "float32":
-        net = MixedPrecision(net, "float16", scaler)
+        net = MixedPrecision(net, "bfloat16" if precision == "bfloat16" else "float16", scaler)
     groups = param_groups_for_weight_decay(net, weight_decay)
     if zero:
         if parallel != "data":

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from ..registry import OPS
 
@@ -85,6 +85,7 @@ KERNELS: dict[str, Kernel] = {}
 _by_op: dict[str, list[str]] = {}  # op -> its kernels' names in registration order: no scan of KERNELS per call
 _disabled: set[str] = set()
 _reference_only = False
+_round_results: Callable[[Any], Any] | None = None  # set by rounded_results(): a narrower dtype, emulated
 
 
 def register_kernel(kernel: Kernel) -> Kernel:
@@ -128,6 +129,8 @@ def forward(op: str, *args: Any, **kwargs: Any) -> tuple[Any, Dispatched]:
     """Run op ``op``'s forward through the chosen implementation -> ``(out, ctx)``."""
     runner = choose(op, *args, **kwargs)
     out, saved = runner.forward(*args, **kwargs)
+    if _round_results is not None:
+        out = _round_results(out)
     return out, Dispatched(runner, saved)
 
 
@@ -135,7 +138,25 @@ def backward(dout: Any, ctx: Dispatched) -> Any:
     """The backward of whichever implementation ran the forward that returned ``ctx``."""
     if not isinstance(ctx, Dispatched):
         raise TypeError(f"ctx must be the context forward() returned, got {type(ctx).__name__}")
-    return ctx.runner.backward(dout, ctx.saved)
+    grads = ctx.runner.backward(dout, ctx.saved)
+    return grads if _round_results is None else _round_results(grads)
+
+
+@contextlib.contextmanager
+def rounded_results(round_fn: Callable[[Any], Any]) -> Iterator[None]:
+    """Inside the block every op's result and every gradient passes through ``round_fn``.
+
+    That emulates a narrower number format at each op's boundary while the op
+    computes in its input's dtype (:mod:`.bfloat16` rounds float32 results to
+    bfloat16 this way). ``round_fn`` takes an op's result (an array, a tuple
+    of arrays and None, or a float) and returns it rounded.
+    """
+    global _round_results
+    previous, _round_results = _round_results, round_fn
+    try:
+        yield
+    finally:
+        _round_results = previous
 
 
 @contextlib.contextmanager

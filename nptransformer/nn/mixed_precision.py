@@ -1,32 +1,44 @@
-"""``MixedPrecision``: run a model's forward and backward in float16, keep its weights in float32.
+"""``MixedPrecision``: run a model's forward and backward in float16 or bfloat16, keep its weights in float32.
 
 The wrapped model stays the *master*: its float32 parameters are what the
 optimizer updates (so Adam's moments are float32 too) and what
-``parameters()`` lists. A private working copy in ``dtype`` (float16) does
-the arithmetic: every forward first casts the master weights into it, runs
-it on the inputs (float arrays cast to ``dtype``, ids left alone), and
-returns the output cast back to float32, so the loss (and its softmax) is
-computed in float32. The backward multiplies the incoming
-gradient by the loss scale of ``scaler`` before casting it to float16 (small
-gradients would otherwise flush to zero), runs the working copy's backward,
-and adds each working gradient, cast to float32 and divided by the same
-scale, into the master parameter. A gradient that overflowed stays inf
-after the division, so ``scaler.step(optimizer)`` sees it and skips the step.
+``parameters()`` lists. A private working copy does the arithmetic: every
+forward first casts the master weights into it, runs it on the inputs
+(float arrays cast, ids left alone), and returns the output cast back to
+float32, so the loss (and its softmax) is computed in float32. The
+backward multiplies the incoming gradient by the loss scale of ``scaler``
+before casting it down (small gradients would otherwise flush to zero),
+runs the working copy's backward, and adds each working gradient, cast to
+float32 and divided by the same scale, into the master parameter. A
+gradient that overflowed stays inf after the division, so
+``scaler.step(optimizer)`` sees it and skips the step.
 
-Inside the working copy every op runs in float16, as the reference ops do
-for float16 input (docs/precision-and-compression.md measures what that
-costs); only the output and the loss are float32.
+``"float16"``: the working copy is float16. Its matrix products and
+elementwise ops run in float16; softmax, the norms' statistics, the losses
+and attention get float16 inputs and compute in float32
+(:mod:`nptransformer.kernels.half_statistics`), rounding only their results.
+
+``"bfloat16"``: NumPy has no bfloat16, so the working copy is float32 and
+every op's result and gradient is rounded to bfloat16
+(:mod:`nptransformer.kernels.bfloat16`): bfloat16's numbers, float32's
+memory. bfloat16 has float32's exponent range, so no loss scale is needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
 from .. import _checks
 from ..backend import dtype_name, get_array_module
+from ..kernels.bfloat16 import emulate_bfloat16, round_results
 from ..registry import ModuleCheck, register_module_check
 from .module import Module
+
+
+#: The working precisions; float32 and float64 too, where the wrapper only scales (as its gradient check does).
+PRECISIONS = ("float16", "bfloat16", "float32", "float64")
 
 
 class MixedPrecision(Module):
@@ -49,10 +61,10 @@ class MixedPrecision(Module):
         super().__init__()
         if not isinstance(model, Module):
             raise TypeError(f"model must be a Module, got {type(model).__name__}")
-        if dtype not in _checks.FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of {_checks.FLOAT_DTYPES}, got {dtype!r}")
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {PRECISIONS}, got {dtype!r}")
         self.model, self.dtype, self.scaler = model, dtype, scaler
-        working = copy.deepcopy(model).to(dtype=dtype)
+        working = copy.deepcopy(model).to(dtype="float32" if dtype == "bfloat16" else dtype)
         object.__setattr__(self, "_working", working)  # not a child: its parameters are not trained directly
         object.__setattr__(self, "_pairs", list(zip(model.parameters(), working.parameters())))
 
@@ -61,12 +73,21 @@ class MixedPrecision(Module):
         """The copy in ``dtype`` that computes (refreshed from the master weights at every forward)."""
         return self._working
 
+    def _rounding(self) -> Any:
+        """The block the working copy runs in: bfloat16 rounding at every op, or nothing."""
+        return emulate_bfloat16() if self.dtype == "bfloat16" else contextlib.nullcontext()
+
+    def _narrow(self, value: Any) -> Any:
+        """Float arrays (also in a tuple) cast to the working dtype, and rounded if that is bfloat16."""
+        value = _cast_like(value, self._pairs[0][1].data)
+        return round_results(value) if self.dtype == "bfloat16" else value
+
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         for master, work in self._pairs:
-            xp = get_array_module(master.data)
-            work.data = xp.astype(master.data, work.data.dtype)
+            work.data = self._narrow(master.data)
         self._working.train(self.training)
-        out = self._working(*(_cast_like(x, self._pairs[0][1].data) for x in inputs), **kwargs)
+        with self._rounding():
+            out = self._working(*(self._narrow(x) for x in inputs), **kwargs)
         scale = 1.0 if self.scaler is None else float(self.scaler.scale)
         self.save_for_backward(scale)
         return _cast_like(out, self._pairs[0][0].data)
@@ -74,10 +95,11 @@ class MixedPrecision(Module):
     def backward(self, dout: Any) -> Any:
         """Scaled float16 backward; adds grad / scale (float32) into the master parameters; returns dx / scale."""
         scale = self.saved(dout)
-        xp = get_array_module(dout)
-        dx = self._working.backward(xp.astype(dout * scale, getattr(xp, self.dtype)))
+        with self._rounding():
+            dx = self._working.backward(self._narrow(dout * scale))
         for master, work in self._pairs:
             if work.grad is not None:
+                xp = get_array_module(work.grad)
                 master.accumulate(xp.astype(work.grad, master.data.dtype) / scale)  # forward: dout * scale
                 work.grad = None
         return _unscale(dx, self._pairs[0][0].data, scale)
