@@ -306,6 +306,9 @@ def erf(x: Any) -> Any:
 # Random numbers
 
 
+_DRAW_CHUNK = 1 << 16  # host draws per chunk when casting down: 512 KiB of float64 at a time
+
+
 class Generator:
     """Seeded random numbers for every backend, with a state you can save and restore.
 
@@ -336,13 +339,39 @@ class Generator:
         ns, kwargs = _creation_kwargs(like)
         return ns.asarray(np.asarray(host, order="C"), dtype=dtype_of(ns, dtype), **kwargs)
 
-    def normal(self, shape: tuple, mean: float = 0.0, std: float = 1.0, dtype: Any = "float32", like: Any = None) -> Any:
-        """Normal samples of the given shape on like's backend (or the current one)."""
-        return self._to(self._rng.normal(mean, std, size=shape), like, dtype)
+    def _draws(self, draw: Any, shape: tuple, dtype: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """``draw(size=shape)`` on the host, cast to ``dtype`` (or written into ``out``) in chunks: the same
+        numbers (NumPy fills an array in order) without a float64 copy of a whole embedding table beside
+        the float32 one."""
+        size = math.prod(shape) if isinstance(shape, tuple) else int(shape)
+        if out is None:
+            if dtype_name(dtype) not in ("float16", "float32") or size <= _DRAW_CHUNK:
+                return draw(size=shape)
+            out = np.empty(shape, dtype=dtype_name(dtype))
+        flat = out.reshape(-1)  # a view: ``out`` is C-contiguous (checked by the callers)
+        for start in range(0, size, _DRAW_CHUNK):
+            stop = min(start + _DRAW_CHUNK, size)
+            flat[start:stop] = draw(size=stop - start)
+        return out
 
-    def uniform(self, shape: tuple, low: float = 0.0, high: float = 1.0, dtype: Any = "float32", like: Any = None) -> Any:
-        """Uniform samples in [low, high)."""
-        return self._to(self._rng.uniform(low, high, size=shape), like, dtype)
+    def _fill_or_draw(self, draw: Any, shape: tuple, dtype: Any, like: Any, out: Any) -> Any:
+        if out is not None:
+            if not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable
+                    and tuple(out.shape) == tuple(shape)):
+                raise ValueError(f"out must be a writeable C-contiguous NumPy array of shape {tuple(shape)}")
+            return self._draws(draw, shape, out.dtype, out)
+        return self._to(self._draws(draw, shape, dtype), like, dtype)
+
+    def normal(self, shape: tuple, mean: float = 0.0, std: float = 1.0, dtype: Any = "float32", like: Any = None,
+               out: np.ndarray | None = None) -> Any:
+        """Normal samples of the given shape on like's backend (or the current one); ``out``: a NumPy
+        array of that shape to fill in place instead (the same numbers)."""
+        return self._fill_or_draw(lambda size: self._rng.normal(mean, std, size=size), shape, dtype, like, out)
+
+    def uniform(self, shape: tuple, low: float = 0.0, high: float = 1.0, dtype: Any = "float32", like: Any = None,
+                out: np.ndarray | None = None) -> Any:
+        """Uniform samples in [low, high); ``out`` as in :meth:`normal`."""
+        return self._fill_or_draw(lambda size: self._rng.uniform(low, high, size=size), shape, dtype, like, out)
 
     def bernoulli(self, shape: tuple, p: float, like: Any = None) -> Any:
         """Boolean mask, each entry True with probability ``p``."""

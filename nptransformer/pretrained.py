@@ -233,11 +233,11 @@ def _expect(config: dict, path: str, key: str, allowed: tuple, default: Any) -> 
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
     safetensors_file = os.path.join(path, "model.safetensors")
     if os.path.isfile(safetensors_file):
-        return load_file(safetensors_file)
+        return load_file(safetensors_file, mmap=True)  # the model's arrays are the only copy of the weights
     torch_file = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(torch_file):
         return _read_torch(torch_file)
-    for index, read in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _read_torch)):
+    for index, read in (("model.safetensors.index.json", _mapped), ("pytorch_model.bin.index.json", _read_torch)):
         if os.path.isfile(os.path.join(path, index)):
             return _read_shards(path, index, read)
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin (nor a sharded index)")
@@ -260,6 +260,10 @@ def _read_shards(path: str, index: str, read: Any) -> dict[str, np.ndarray]:
                              f"unlisted {sorted(part.keys() - listed)}")
         tensors.update(part)
     return tensors
+
+
+def _mapped(file: str) -> dict[str, np.ndarray]:
+    return load_file(file, mmap=True)
 
 
 def _read_torch(file: str) -> dict[str, np.ndarray]:

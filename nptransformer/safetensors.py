@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap as _mmap
 import os
 import struct
 from collections.abc import Mapping
@@ -138,23 +139,32 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str
     return tensors, metadata
 
 
-def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_file(path: str | os.PathLike, mmap: bool = False) -> dict[str, np.ndarray]:
     """Read every tensor of a safetensors file into NumPy arrays (name -> array, file order).
 
     Arrays come back in native byte order, with the stored dtype except BF16,
     which becomes float32. Raises ValueError for a malformed file (see
-    :func:`read_header`).
+    :func:`read_header`). ``mmap=True`` maps the file instead of reading it:
+    the arrays are read-only views of the file's pages (copied only where
+    the byte order or BF16 needs it), so loading a model costs no second
+    copy of its weights; the mapping closes when the last array is freed.
     """
     path = os.fspath(path)
     out = {}
     with open(path, "rb") as f:
         tensors, _, data_start = _read_layout(f, path)
+        mapped = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ) if mmap and tensors else None
         for name, info in tensors.items():
             begin, _ = info["data_offsets"]
-            buf = np.empty(info["shape"], dtype=_STORAGE[info["dtype"]])
-            f.seek(data_start + begin)
-            if f.readinto(buf.reshape(-1).view(np.uint8)) != buf.nbytes:
-                raise ValueError(f"{path}: file ended while reading tensor {name!r}")
+            dtype = _STORAGE[info["dtype"]]
+            if mapped is not None:
+                count = math.prod(info["shape"])
+                buf = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).reshape(info["shape"])
+            else:
+                buf = np.empty(info["shape"], dtype=dtype)
+                f.seek(data_start + begin)
+                if f.readinto(buf.reshape(-1).view(np.uint8)) != buf.nbytes:
+                    raise ValueError(f"{path}: file ended while reading tensor {name!r}")
             out[name] = _to_native(buf, info["dtype"])
     return out
 

@@ -102,3 +102,17 @@ def test_asarray_dtype_and_zeros_follow_the_backend(backend_name):
     z = backend.zeros((2, 3), like=a)
     assert backend.backend_of(z) == backend_name and tuple(z.shape) == (2, 3)
     np.testing.assert_array_equal(backend.to_numpy(backend.arange(4, like=a)), [0, 1, 2, 3])
+
+
+def test_large_float32_draws_are_numpys_draws_cast_also_when_filled_in_place():
+    # Drawn in chunks to spare a float64 copy of a whole table: the numbers must be NumPy's own, in order.
+    shape = (1000, 300)  # above the chunk size
+    want = np.random.Generator(np.random.PCG64(5)).normal(0.0, 0.02, size=shape).astype(np.float32)
+    np.testing.assert_array_equal(backend.Generator(5).normal(shape, 0.0, 0.02), want)
+    out = np.empty(shape, np.float32)
+    assert backend.Generator(5).normal(shape, 0.0, 0.02, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    want_u = np.random.Generator(np.random.PCG64(6)).uniform(-1.0, 1.0, size=shape).astype(np.float32)
+    np.testing.assert_array_equal(backend.Generator(6).uniform(shape, -1.0, 1.0), want_u)
+    with pytest.raises(ValueError, match="out must be"):
+        backend.Generator(0).normal((2, 3), out=np.empty((3, 2), np.float32))

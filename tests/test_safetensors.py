@@ -268,3 +268,39 @@ def test_new_file_permissions_follow_umask(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "p.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_memory_mapped_load_equals_the_read_and_copies_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.normal(size=(300, 7)).astype(np.float32), "b": np.arange(10, dtype=np.int64),
+               "c": rng.normal(size=(3,)).astype(np.float16)}
+    path = tmp_path / "m.safetensors"
+    st.save_file(tensors, path)
+    read, mapped = st.load_file(path), st.load_file(path, mmap=True)
+    assert list(mapped) == list(read)
+    for name in read:
+        np.testing.assert_array_equal(mapped[name], tensors[name])
+        assert mapped[name].dtype == tensors[name].dtype
+        assert not mapped[name].flags.owndata and not mapped[name].flags.writeable  # a view of the file's pages
+
+
+def test_loading_a_model_makes_no_second_copy_of_its_weights(tmp_path):
+    import tracemalloc
+
+    from nptransformer import BERT
+    from nptransformer.models.bert_classifier import BertForSequenceClassification
+    from nptransformer.pretrained_classifier import load_bert_classifier, save_bert_classifier
+
+    cfg = dict(vocab_size=20000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
+    source = BertForSequenceClassification(BERT(**cfg, add_pooling_layer=True), 2)
+    save_bert_classifier(source, tmp_path)
+    size = os.path.getsize(tmp_path / "model.safetensors")
+    tracemalloc.start()
+    model = load_bert_classifier(tmp_path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(model.bert.embeddings.word_embeddings.weight.data,
+                                  source.bert.embeddings.word_embeddings.weight.data)
+    # The model's own arrays plus small temporaries: no copy of the (20000, 64) table read from the file beside
+    # the model's, no float64 draw of it while the model is built.
+    assert peak < 1.25 * size, f"peak {peak} bytes for a {size}-byte checkpoint"

@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import backend
 from .._checks import check_float, check_positive_int
 from ..backend import dtype_name
@@ -103,6 +105,13 @@ def _fan(param: Parameter, mode: str) -> int:
     return fan
 
 
+def _in_place(param: Parameter) -> Any:
+    """The parameter's NumPy array when it can be filled in place (no second copy of a large table), else None."""
+    data = param.data
+    ok = isinstance(data, np.ndarray) and data.flags.c_contiguous and data.flags.writeable
+    return data if ok else None
+
+
 def uniform_(
     param: Parameter, a: float = 0.0, b: float = 1.0, *, generator: backend.Generator | None = None
 ) -> Parameter:
@@ -111,7 +120,7 @@ def uniform_(
     if not a <= b:
         raise ValueError(f"uniform_ needs a <= b, got a={a!r}, b={b!r}")
     gen = generator or backend.default_generator
-    param.data = gen.uniform(param.shape, a, b, dtype=dtype_name(param.dtype), like=param.data)
+    param.data = gen.uniform(param.shape, a, b, dtype=dtype_name(param.dtype), like=param.data, out=_in_place(param))
     return param
 
 
@@ -125,7 +134,8 @@ def normal_(
     _check_param(param)
     _check_std("std", std)
     gen = generator or backend.default_generator
-    param.data = gen.normal(param.shape, mean, std, dtype=dtype_name(param.dtype), like=param.data)
+    param.data = gen.normal(param.shape, mean, std, dtype=dtype_name(param.dtype), like=param.data,
+                            out=_in_place(param))
     return param
 
 

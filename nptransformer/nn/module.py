@@ -242,7 +242,9 @@ class Module:
     def load_state_dict(self, state_dict: dict, strict: bool = True) -> tuple[list, list]:
         """Copy arrays (any backend, or torch tensors converted with .numpy()) into this module.
 
-        Values are cast to each parameter's dtype and backend. Returns
+        Values are cast to each parameter's dtype and backend; NumPy arrays are
+        overwritten in place (as torch's ``load_state_dict`` copies into its
+        tensors), so arrays read from the module before see the new values. Returns
         (missing_keys, unexpected_keys). With ``strict`` any missing key,
         unexpected key or shape mismatch raises one KeyError/ValueError listing
         all of them.
@@ -269,6 +271,9 @@ class Module:
             m, name, is_param = own[key]
             target = m._parameters[name].data if is_param else getattr(m, name)
             host = value if isinstance(value, np.ndarray) else _host(value)
+            if isinstance(target, np.ndarray) and target.flags.writeable:
+                target[...] = host  # in place, cast on the way: no second copy of a large model's weights
+                continue
             with backend.use(backend.backend_of(target)):
                 new = backend.asarray(np.array(host, copy=True), dtype=dtype_name(target.dtype))
             if is_param:
