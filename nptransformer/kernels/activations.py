@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import erf, get_array_module
+import numpy as np
+
+from ..backend import erf, erfcx, get_array_module
 from ..functional.activations import GELU_CUBIC, check_gelu_inputs
 from ..grad_mode import is_grad_enabled
 from ._rows import RowKernel, rowwise
@@ -69,12 +71,47 @@ def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
     return t, slope
 
 
+def _normal_tail(x: Any) -> tuple[Any, Any]:
+    """(Phi(-|x|), exp(-x^2/2)) in x's dtype, from erfcx: Phi(-|x|) = exp(-x^2/2) erfcx(|x|/sqrt 2) / 2.
+
+    The tail probability has no cancellation (unlike 1 + erf(x/sqrt 2) for x << 0), and the exponential
+    is the density's too, so GELU's value and slope share it.
+    """
+    xp = get_array_module(x)
+    density = x * x
+    density *= -0.5
+    density = xp.exp(density)
+    z = xp.abs(x)
+    z *= _SQRT_HALF
+    tail = erfcx(z)
+    tail *= density
+    tail *= 0.5
+    return tail, density
+
+
+def _normal_cdf_float32(x: Any) -> tuple[Any, Any]:
+    """(Phi(x), exp(-x^2/2)) for float32 x: Phi(x) = 1 - Phi(-x) for x >= 0, Phi(-|x|) below."""
+    tail, density = _normal_tail(x)
+    return get_array_module(x).where(x >= 0, 1.0 - tail, tail), density
+
+
 def _gelu_exact(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        cdf, _ = _normal_cdf_float32(x)
+        cdf *= x
+        return cdf
     return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
 
 
 def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
     xp = get_array_module(x)
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        cdf, slope = _normal_cdf_float32(x)  # slope holds exp(-x^2/2) so far
+        slope *= _INV_SQRT_2PI
+        slope *= x
+        slope += cdf  # Phi(x) + x phi(x)
+        cdf *= x  # y = x Phi(x)
+        return cdf, slope
     cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
     slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
     slope *= x
