@@ -190,11 +190,24 @@ def dtype_of(ns: Any, dtype: Any) -> Any:
         return dtype  # already the namespace's own dtype object
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # dtype -> name: np.dtype.name is computed in Python on every access
+
+
 def dtype_name(dtype: Any) -> str:
     """Short name of a dtype of any backend: "float32", "int64", ..."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):  # not seen yet, or not hashable
+        pass
     if isinstance(dtype, np.dtype) or isinstance(dtype, type):
-        return np.dtype(dtype).name
-    return str(dtype).rsplit(".", 1)[-1]
+        name = np.dtype(dtype).name
+    else:
+        name = str(dtype).rsplit(".", 1)[-1]
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:
+        pass
+    return name
 
 
 def zeros(shape: tuple, dtype: Any = None, like: Any = None) -> Any:

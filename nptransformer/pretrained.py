@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _checks
 from ._files import read_json
-from .backend import dtype_name, get_array_module
+from .backend import dtype_name, get_array_module, to_numpy
 from .hub import resolve
 from .models.bert import BERT, HIDDEN_ACTS
 from .models.gpt import GPT
@@ -164,6 +164,40 @@ def _gpt2_table(n_layers: int, tied: bool) -> _Table:
     if not tied:
         table["lm_head.weight"] = (("lm_head.weight",), False)
     return table
+
+
+def bert_tensors(model: BERT) -> dict[str, np.ndarray]:
+    """``model``'s weights under Hugging Face ``BertModel`` names (query/key/value split), as NumPy arrays.
+
+    The inverse of :func:`load_bert`'s mapping: ``transformers.BertModel.load_state_dict`` takes them
+    (as torch tensors). Shapes: Hugging Face's.
+    """
+    return _scatter(model.state_dict(), _bert_table(model.num_hidden_layers, model.pooler is not None,
+                                                    model.mlm_head is not None))
+
+
+def gpt2_tensors(model: GPT) -> dict[str, np.ndarray]:
+    """``model``'s weights under Hugging Face ``GPT2LMHeadModel`` names (Conv1D weights transposed back).
+
+    The inverse of :func:`load_gpt2`'s mapping, ``transformer.`` prefix included; ``lm_head.weight`` is
+    the tied embedding unless the model has its own head. Shapes: Hugging Face's.
+    """
+    tied = model.lm_head is None
+    tensors = {"transformer." + k: v for k, v in _scatter(model.state_dict(), _gpt2_table(model.n_layer, tied)).items()
+               if k != "lm_head.weight"}
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"] if tied else to_numpy(model.lm_head.weight.data)
+    return tensors
+
+
+def _scatter(state: dict, table: _Table) -> dict[str, np.ndarray]:
+    """nptransformer's state dict -> checkpoint tensors: :func:`_gather` backwards (split the fused rows,
+    transpose the Conv1D weights back)."""
+    tensors = {}
+    for ours, (keys, transpose) in table.items():
+        parts = np.split(to_numpy(state[ours]), len(keys), axis=0)  # query, key, value are in_proj's row blocks
+        for key, part in zip(keys, parts):
+            tensors[key] = np.ascontiguousarray(part.T if transpose else part)
+    return tensors
 
 
 def mean_pool(hidden: Any, attention_mask: Any, normalize: bool = False) -> Any:

@@ -25,7 +25,7 @@ from .backend import to_numpy
 from .hub import resolve
 from .models.bert import HIDDEN_ACTS, BERT
 from .models.bert_classifier import BertForSequenceClassification
-from .pretrained import _bert_table, _read_config, _read_tensors, bert_from_tensors
+from .pretrained import _read_config, _read_tensors, bert_from_tensors, bert_tensors
 from .safetensors import save_file
 
 _HEAD = ("classifier.weight", "classifier.bias")
@@ -79,12 +79,7 @@ def save_bert_classifier(model: BertForSequenceClassification, directory: str | 
         raise ValueError(f"id2label must name the classes 0..{model.num_labels - 1}, got keys {sorted(labels)}")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    state = {k: to_numpy(v) for k, v in model.bert.state_dict().items()}
-    tensors = {}
-    for ours, (theirs, transpose) in _bert_table(model.bert.num_hidden_layers, True, False).items():
-        parts = np.split(state[ours], len(theirs), axis=0)  # query, key, value are in_proj's row blocks
-        for key, part in zip(theirs, parts):
-            tensors["bert." + key] = np.ascontiguousarray(part.T if transpose else part)
+    tensors = {"bert." + key: value for key, value in bert_tensors(model.bert).items()}
     for key in _HEAD:
         tensors[key] = to_numpy(model.state_dict()[key])
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})

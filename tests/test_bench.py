@@ -8,7 +8,7 @@ from nptransformer.__main__ import main
 
 # retain_memory=False: mallopt is process-wide, and the rest of the test session should keep malloc's defaults.
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, batch_size=3, seq_len=6, steps=2, warmup=1,
-            gemm_size=32, retain_memory=False)
+            gemm_size=32, retain_memory=False, jobs=False)
 
 
 def _closed_form_flops(V, L, C, B, T):
@@ -93,3 +93,18 @@ def test_report_names_the_thread_pool_and_the_memory_setting():
     plain = bench.run(bench.BenchConfig(**TINY, threads=2, pool=False, memory=False, generation=False))
     assert plain["pool_threads"] == 1 and "set_num_threads(1);" in bench.format_report(plain)
     assert abs(plain["loss_ours"] - pooled["loss_ours"]) < 1e-6  # the same model and batch either way
+
+
+def test_jobs_race_transformers_on_the_same_weights_and_agree():
+    pytest.importorskip("transformers", reason="the jobs race transformers on PyTorch")
+    from nptransformer.apps.bench_jobs import decode_job, encoder_job
+
+    enc = encoder_job(compare=True, repeats=1)
+    assert enc["sentences"] == 32 and set(enc["sentences_per_s"]) == {"ours", "torch"}
+    assert enc["max_abs_diff"] < 1e-4  # the same embeddings: the export to BertModel names is right
+    dec = decode_job(bench.build_model(bench.BenchConfig(**TINY)), compare=True, batch_sizes=(1, 3), repeats=1)
+    assert dec["new_tokens"] == 4 and [r["batch_size"] for r in dec["rows"]] == [1, 3]
+    assert all(r["same_tokens"] == 1.0 for r in dec["rows"])  # greedy tokens equal GPT2LMHeadModel.generate's
+    result = {"encoder": enc, "decode": dec}
+    text = "\n".join(bench._jobs_report(result))
+    assert "sentences/s: nptransformer" in text and "transformers generate" in text

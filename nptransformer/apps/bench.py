@@ -200,6 +200,11 @@ def run(cfg: BenchConfig) -> dict:
                 result["profile"] = profile_ops(ours, cfg.steps)
             if cfg.generation:
                 result["generation"] = _generation(model)
+            if cfg.jobs and cfg.backend == "numpy":
+                from .bench_jobs import decode_job, encoder_job
+
+                result["encoder"] = encoder_job(cfg.compare_torch, seed=cfg.seed)
+                result["decode"] = decode_job(model, cfg.compare_torch, seed=cfg.seed)
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
@@ -408,12 +413,40 @@ def format_report(result: dict) -> str:
         lines.append(f"inference, greedy, batch {gen['batch_size']}, {gen['prompt_len']}-token prompt + "
                      f"{gen['new_tokens']} new: {gen['tokens_per_s_cache']:,.0f} tokens/s with the KV cache, "
                      f"{gen['tokens_per_s_no_cache']:,.0f} without ({gen['speedup']:.1f}x)")
+    lines += _jobs_report(result)
     if result.get("profile"):
         step_ms = 1e3 * result["seconds"]["ours"]
         lines += ["", "where the time goes (nptransformer, ms per step, exclusive; timers add a little):"]
         width = max(len(label) for label, _ in result["profile"]) + 2
         lines += [f"  {label:<{width}}{ms:>9.2f}{100 * ms / step_ms:>8.1f}%" for label, ms in result["profile"]]
     return "\n".join(lines)
+
+
+def _jobs_report(result: dict) -> list[str]:
+    """The encoder and decode jobs' lines (:mod:`.bench_jobs`), with the ratio to transformers when raced."""
+    lines = []
+    enc = result.get("encoder")
+    if enc:
+        rates = enc["sentences_per_s"]
+        lines += ["", f"encoder: all-MiniLM-L6-v2-shaped BERT, {enc['sentences']} sentences ({enc['tokens']} tokens, "
+                      f"padded to {enc['padded_length']}), forward + mean-pool, no tokenizer"]
+        line = f"  sentences/s: nptransformer {rates['ours']:,.1f}"
+        if "torch" in rates:
+            line += (f", transformers {rates['torch']:,.1f}; ratio {rates['ours'] / rates['torch']:.3f} "
+                     f"(embeddings differ by {enc['max_abs_diff']:.1e} at most)")
+        lines.append(line)
+    dec = result.get("decode")
+    if dec:
+        lines += ["", f"decode: greedy with the KV cache, {dec['prompt_len']}-token prompt + {dec['new_tokens']} new "
+                      "tokens, the bench's GPT"]
+        for row in dec["rows"]:
+            rates = row["tokens_per_s"]
+            line = f"  batch {row['batch_size']}: tokens/s nptransformer {rates['ours']:,.0f}"
+            if "torch" in rates:
+                line += (f", transformers generate {rates['torch']:,.0f}; ratio {rates['ours'] / rates['torch']:.3f} "
+                         f"(same tokens: {100 * row['same_tokens']:.0f}%)")
+            lines.append(line)
+    return lines
 
 
 def _mib(value: float | None) -> str:

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="store_true", help="also print the time per op")
     b.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     b.add_argument("--no-generation", dest="generation", action="store_false", help="skip inference tokens/s")
+    b.add_argument("--no-jobs", dest="jobs", action="store_false",
+                   help="skip the encoder (MiniLM-shaped embeddings) and decode jobs")
     b.add_argument("--seed", type=int, default=cfg.seed)
     b.add_argument("--json", default=None, help="also write every number to this JSON file")
     b.set_defaults(run=_lazy("bench"))

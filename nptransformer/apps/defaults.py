@@ -96,6 +96,7 @@ class BenchConfig:
     profile: bool = False
     memory: bool = True
     generation: bool = True
+    jobs: bool = True
     seed: int = 0
 
     @property

@@ -29,22 +29,31 @@ BLOCK_ELEMENTS = 1 << 16
 #: stay in the last-level cache anyway, and splitting only adds calls (measured on layer norm).
 WHOLE_ELEMENTS = 1 << 20
 
+#: NumPy arrays below this many elements go to the reference: the block machinery costs more than
+#: it saves there (layer norm and softmax on (R, 256) float32 rows: the kernels were 6 to 11 us slower
+#: up to 8 Ki elements and even at 32 Ki; decoding one token runs a dozen such ops a layer).
+REFERENCE_BELOW = 1 << 15
+
 #: The settings of every row-blocked kernel, and the small ones its tests use.
 ROW_SETTINGS = {"block_elements": BLOCK_ELEMENTS, "whole_elements": WHOLE_ELEMENTS,
-                "min_elements": parallel.MIN_ELEMENTS}
-ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "min_elements": 1}
+                "min_elements": parallel.MIN_ELEMENTS, "reference_below": REFERENCE_BELOW}
+ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "min_elements": 1, "reference_below": 0}
 
 
 class RowKernel(Kernel):
     """A kernel that works through row blocks: :data:`ROW_SETTINGS`, and it applies to NumPy and CuPy
-    arrays (on CuPy the rows run whole, one GPU kernel per operator); ``array_api_strict`` gets the
-    reference. Subclasses may narrow :meth:`applies`."""
+    arrays (on CuPy the rows run whole, one GPU kernel per operator) and NumPy arrays of at least
+    ``reference_below`` elements; ``array_api_strict`` gets the reference. Subclasses may narrow
+    :meth:`applies`."""
 
     defaults = ROW_SETTINGS
     test_settings = ROW_TEST_SETTINGS
 
     def applies(self, x: Any, *args: Any, **kwargs: Any) -> bool:
-        return _checks.is_array(x) and backend_of(x) in ("numpy", "cupy")
+        if not _checks.is_array(x):
+            return False
+        name = backend_of(x)
+        return name == "cupy" or (name == "numpy" and x.size >= self.settings["reference_below"])
 
 
 def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, width: int = 0) -> Any:

@@ -71,6 +71,9 @@ class Float32Statistics(Kernel):
         return type(self)(self.op, **{**self.settings, **settings})
 
     def applies(self, *args: Any, **kwargs: Any) -> bool:
+        first = getattr(args[0], "dtype", None) if args else None
+        if first is None or dtype_name(first) != "float16":  # every op here takes its main input first
+            return False
         floats = _floats((*args, *kwargs.values()))
         return bool(floats) and all(dtype_name(v.dtype) == "float16" for v in floats)
 

@@ -66,9 +66,9 @@ def _log_softmax(x: Any, axis: int) -> tuple[Any, Any]:
     return z, p
 
 
-def _applies(x: Any, axis: int) -> bool:
+def _applies(kernel: RowKernel, x: Any, axis: int) -> bool:
     """NumPy along the last axis (the row blocks), or CuPy along any (whole, in place)."""
-    return RowKernel.applies(None, x) and (backend_of(x) == "cupy" or axis in (-1, x.ndim - 1))
+    return RowKernel.applies(kernel, x) and (backend_of(x) == "cupy" or axis in (-1, x.ndim - 1))
 
 
 class SoftmaxRows(RowKernel):
@@ -83,7 +83,7 @@ class SoftmaxRows(RowKernel):
     name = "softmax.rows"
 
     def applies(self, x: Any, axis: int = -1) -> bool:
-        return _applies(x, axis)
+        return _applies(self, x, axis)
 
     def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
         check_softmax_inputs(x, axis)
@@ -106,7 +106,7 @@ class LogSoftmaxRows(RowKernel):
     name = "log_softmax.rows"
 
     def applies(self, x: Any, axis: int = -1) -> bool:
-        return _applies(x, axis)
+        return _applies(self, x, axis)
 
     def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
         check_softmax_inputs(x, axis)
