@@ -13,7 +13,7 @@ bfloat16's. The tests check :func:`round_to_bfloat16` against
 ``ml_dtypes``' conversion bit for bit.
 
 >>> import numpy as np
->>> x = np.array([1.0, 1.00390625, 1.01171875, 3.0e38], dtype=np.float32)
+>>> x = np.array([1.0, 1.00390625, 1.01171875, 3.4e38], dtype=np.float32)
 >>> round_to_bfloat16(x).tolist()  # 1 + 2^-8 ties to 1 (even); 1 + 3*2^-8 ties up; past the max: inf
 [1.0, 1.0, 1.015625, inf]
 """
