@@ -309,16 +309,16 @@ _ERFCX_COEFFICIENTS = (0.2723842572241808, 0.36713909206876666, 0.22268468958015
 def erfcx(z: Any) -> Any:
     """The scaled complementary error function exp(z^2) erfc(z), for 0 <= z <= 10.5, in z's dtype.
 
-    Relative error below 1e-10 (plus the dtype's rounding); z outside
-    [0, 10.5] is clamped into it (callers multiply by exp(-z^2), which is 0
-    in float32 past 10.5). erfc(z) = exp(-z^2) erfcx(z) has no cancellation,
+    Relative error below 1e-10 (plus the dtype's rounding); z above 10.5
+    is taken as 10.5 (callers multiply by exp(-z^2), which is 0 in float32
+    past 10.5); z must not be negative (erfc(-z) = 2 - erfc(z)). erfc(z) = exp(-z^2) erfcx(z) has no cancellation,
     so it keeps its relative accuracy where erfc is tiny: float32 GELU
     (:mod:`nptransformer.kernels.activations`) and float32 erf use it.
     Shapes: z (...) -> (same).
     """
     xp = get_array_module(z)
     scale = 2.0 / (1.0 - _ERFCX_S_MIN)
-    u = xp.clip(z, 0.0, _ERFCX_Z_MAX) * _ERFCX_P
+    u = xp.minimum(z, _ERFCX_Z_MAX) * _ERFCX_P
     u += 1.0
     u = scale / u  # s * scale, s = 1 / (1 + P z)
     u -= 1.0 + _ERFCX_S_MIN * scale  # u = (s - S_MIN) * scale - 1, in [-1, 1]

@@ -200,11 +200,13 @@ def run(cfg: BenchConfig) -> dict:
                 result["profile"] = profile_ops(ours, cfg.steps)
             if cfg.generation:
                 result["generation"] = _generation(model)
-            if cfg.jobs and cfg.backend == "numpy":
-                from .bench_jobs import decode_job, encoder_job
+        if cfg.jobs and cfg.backend == "numpy":
+            # With the library's own default of one thread (BLAS keeps its threads): holding BLAS to one
+            # thread for the pool made decoding at batch 8 a third slower (docs/performance.md).
+            from .bench_jobs import decode_job, encoder_job
 
-                result["encoder"] = encoder_job(cfg.compare_torch, seed=cfg.seed)
-                result["decode"] = decode_job(model, cfg.compare_torch, seed=cfg.seed)
+            result["encoder"] = encoder_job(cfg.compare_torch, seed=cfg.seed)
+            result["decode"] = decode_job(model, cfg.compare_torch, seed=cfg.seed)
     if cfg.memory:
         result["memory"] = {name: peak_memory(cfg, name) for name in racers}
     return result
@@ -428,8 +430,9 @@ def _jobs_report(result: dict) -> list[str]:
     enc = result.get("encoder")
     if enc:
         rates = enc["sentences_per_s"]
-        lines += ["", f"encoder: all-MiniLM-L6-v2-shaped BERT, {enc['sentences']} sentences ({enc['tokens']} tokens, "
-                      f"padded to {enc['padded_length']}), forward + mean-pool, no tokenizer"]
+        lines += ["", "inference jobs with the library's defaults (set_num_threads(1): BLAS keeps its own threads)",
+                  f"encoder: all-MiniLM-L6-v2-shaped BERT, {enc['sentences']} sentences ({enc['tokens']} tokens, "
+                  f"padded to {enc['padded_length']}), forward + mean-pool, no tokenizer"]
         line = f"  sentences/s: nptransformer {rates['ours']:,.1f}"
         if "torch" in rates:
             line += (f", transformers {rates['torch']:,.1f}; ratio {rates['ours'] / rates['torch']:.3f} "
@@ -437,8 +440,8 @@ def _jobs_report(result: dict) -> list[str]:
         lines.append(line)
     dec = result.get("decode")
     if dec:
-        lines += ["", f"decode: greedy with the KV cache, {dec['prompt_len']}-token prompt + {dec['new_tokens']} new "
-                      "tokens, the bench's GPT"]
+        lines += [f"decode: greedy with the KV cache, {dec['prompt_len']}-token prompt + {dec['new_tokens']} new "
+                  "tokens, the bench's GPT"]
         for row in dec["rows"]:
             rates = row["tokens_per_s"]
             line = f"  batch {row['batch_size']}: tokens/s nptransformer {rates['ours']:,.0f}"
