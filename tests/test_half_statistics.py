@@ -97,3 +97,16 @@ def test_mixed_precision_keeps_the_layer_norm_statistics_in_float32():
     np.testing.assert_allclose(y, exact, rtol=2 ** -10)
     dx = mp.backward(np.array([[1.0, -2.0, 0.5, 0.25]], np.float32))
     assert np.all(np.isfinite(dx)) and abs(float(dx.sum())) < 1e-3  # a layer norm's dx sums to zero
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_attention_weights_come_back_through_any_kernel(dtype):
+    from nptransformer.nn import GroupedQueryAttention, MultiheadAttention
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(dtype)
+    for layer, call in ((MultiheadAttention(8, 2, dtype=dtype), lambda m: m(x, x, x, need_weights=True)),
+                        (GroupedQueryAttention(8, 4, 2, dtype=dtype), lambda m: m(x, need_weights=True, is_causal=True))):
+        call(layer)
+        w = np.asarray(layer.attn_weights, dtype=np.float64)
+        assert w.shape[-2:] == (5, 5)
+        np.testing.assert_allclose(w.sum(axis=-1), 1.0, rtol=1e-6 if dtype == "float64" else 1e-3)

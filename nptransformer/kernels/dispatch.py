@@ -113,6 +113,12 @@ class Dispatched:
 
     __slots__ = ("runner", "saved")
 
+    @property
+    def probs(self) -> Any:
+        """An attention op's probabilities (B, H, L, S), from whichever implementation ran it (also one that
+        ran another through the dispatch, as the float32-statistics kernel does)."""
+        return self.saved.probs
+
 
 def choose(op: str, *args: Any, **kwargs: Any) -> Any:
     """The kernel that would run ``op`` on these arguments, or the reference :class:`~nptransformer.registry.OpSpec`."""

@@ -75,7 +75,7 @@ class Float32Statistics(Kernel):
         if first is None or dtype_name(first) != "float16":  # every op here takes its main input first
             return False
         floats = _floats((*args, *kwargs.values()))
-        return bool(floats) and all(dtype_name(v.dtype) == "float16" for v in floats)
+        return all(dtype_name(v.dtype) == "float16" for v in floats)
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         args = tuple(_cast(a, "float16", "float32") for a in args)

@@ -173,7 +173,7 @@ class MultiheadAttention(Module):
         o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, L, self.embed_dim))  # (B, H, L, D) -> (B, L, E)
         y = self.out_proj(o)
         self.save_for_backward((kind, proj, attn, attn_bias is not None))
-        self.attn_weights = attn.saved.probs if need_weights else None  # (B, H, L, S)
+        self.attn_weights = attn.probs if need_weights else None  # (B, H, L, S)
         return y
 
     def _check_inputs(self, **arrays: Any) -> None:
