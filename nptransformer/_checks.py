@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .backend import backend_of, dtype_name, get_array_module, to_numpy
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -15,6 +17,8 @@ INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "u
 
 
 def is_array(a: Any) -> bool:
+    if isinstance(a, np.ndarray):  # the common case, without backend_of's dispatch
+        return True
     try:
         backend_of(a)
     except TypeError:

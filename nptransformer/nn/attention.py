@@ -123,8 +123,11 @@ class MultiheadAttention(Module):
             k, v = cache.append(k, v)  # (B, H, S_cached + L, D)
             if is_causal:
                 # is_causal is top-left aligned (query i sees keys j <= i), right only when L == S;
-                # with cached keys the queries are the LAST L positions.
-                extra, is_causal = [causal_bottom_right(x.shape[1], k.shape[2], like=x)], False
+                # with cached keys the queries are the LAST L positions. One query (a decoding step)
+                # is the newest position and sees every key: no mask at all.
+                if x.shape[1] > 1:
+                    extra = [causal_bottom_right(x.shape[1], k.shape[2], like=x)]
+                is_causal = False
         return self._attend("self", (proj,), q, k, v, attn_mask, key_padding_mask, is_causal, need_weights,
                             attn_bias, extra)
 
