@@ -24,13 +24,18 @@ class Dropout(Module):
 
     def forward(self, x: Any) -> Any:
         """x (...) -> x * mask / (1 - p) in training, x in eval."""
-        y, ctx = dropout_forward(x, self.p, training=self.training, generator=self.generator)
+        if not self.training or self.p == 0:  # the identity: no op to dispatch (a decoding step has a dozen)
+            _checks.check_float("x", x)
+            self.save_for_backward(None)
+            return x
+        y, ctx = dropout_forward(x, self.p, training=True, generator=self.generator)
         self.save_for_backward(ctx)
         return y
 
     def backward(self, dy: Any) -> Any:
-        """dx = dy * mask / (1 - p) (the same mask as forward)."""
-        return dropout_backward(dy, self.saved(dy))
+        """dx = dy * mask / (1 - p) (the same mask as forward); dy itself after an identity forward."""
+        ctx = self.saved(dy)
+        return dy if ctx is None else dropout_backward(dy, ctx)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
