@@ -86,8 +86,9 @@ class T5Attention(Module):
         if cache is not None:
             self._check_cache()
             k, v = cache.append(k, v)  # (B, H, S_cached + L, d_kv)
-            if is_causal:
-                mask, is_causal = causal_bottom_right(x.shape[1], k.shape[2], like=x), False
+            if is_causal:  # the queries are the last L of S positions (one query sees every key)
+                mask = causal_bottom_right(x.shape[1], k.shape[2], like=x) if x.shape[1] > 1 else None
+                is_causal = False
         return self._attend("self", q, k, v, _with_padding(mask, key_padding_mask), is_causal, bias)
 
     def cross_attention(self, x: Any, memory: Any, key_padding_mask: Any = None, cache: Any = None) -> Any:

@@ -131,8 +131,8 @@ class GroupedQueryAttention(Module):
         masks = []
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H_kv, S, D): the cache holds the shared heads only
-            if is_causal:  # the queries are the last L of S positions
-                masks, is_causal = [causal_bottom_right(L, k.shape[2], like=x)], False
+            if is_causal:  # the queries are the last L of S positions (one query sees every key)
+                masks, is_causal = ([causal_bottom_right(L, k.shape[2], like=x)] if L > 1 else []), False
         S = k.shape[2]
         masks = attention_masks(attn_mask, key_padding_mask, B, self.num_heads, L, S, x.dtype) + masks
         if self.position == "alibi":
