@@ -4,7 +4,9 @@ Profiles: "ci" (default; bounded so the suite stays under 10 minutes on 2
 cores) and "thorough" (HYPOTHESIS_PROFILE=thorough for deep local runs).
 """
 
+import importlib.util
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -24,6 +26,22 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)``: examples/<name>.py as a module (the examples are scripts, not a package)."""
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(params=["numpy", "strict"])

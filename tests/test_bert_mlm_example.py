@@ -1,6 +1,5 @@
 """examples/bert_mlm.py: BERT's 15% / 80-10-10 masking, measured on a large sample, and a few real training steps."""
 
-import importlib.util
 import io
 import math
 import pathlib
@@ -16,11 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("bert_mlm_example", ROOT / "examples" / "bert_mlm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def example(load_example):
+    return load_example("bert_mlm")
 
 
 def test_masking_follows_bert_proportions(example):

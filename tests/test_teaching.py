@@ -4,7 +4,6 @@ code in the repository."""
 
 import importlib
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +77,9 @@ def test_a_numpy_float_scalar_input_is_checked_as_0d():
     assert [r.name for r in report.rows] == ["input 0"] and report.passed
 
 
-def test_the_encoder_graph_is_drawn(tmp_path):
+def test_the_encoder_graph_is_drawn(tmp_path, load_example):
     pytest.importorskip("matplotlib", reason="the figure is drawn with matplotlib")
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        graph = importlib.import_module("encoder_graph")
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    graph = load_example("encoder_graph")
     out = graph.draw(tmp_path / "graph.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = graph.LABELS
