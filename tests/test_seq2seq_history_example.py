@@ -6,7 +6,6 @@ import json
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def example(load_example):
     return load_example("seq2seq_history")
