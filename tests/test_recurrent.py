@@ -19,6 +19,12 @@ def _close(ours, theirs, what):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL, err_msg=what)
 
 
+def _close_parameter_gradients(ours, ref):
+    named = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        _close(p.grad, named[name].grad, f"gradient of {name}")
+
+
 def _torch_run(ref, x, hx, lengths, batch_first, cot_out, cot_h):
     xt = torch.tensor(x, requires_grad=True)
     hxt = None if hx is None else (tuple(torch.tensor(a, requires_grad=True) for a in hx) if isinstance(hx, tuple)
@@ -77,9 +83,7 @@ def test_matches_torch(mode, bidirectional, num_layers, batch_first, with_length
         dhx = grads[1] if mode == "LSTM" else (grads[1],)
         for g, t in zip(dhx, hxt if isinstance(hxt, tuple) else (hxt,)):
             _close(g, t.grad, "initial state gradient")
-    named = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        _close(p.grad, named[name].grad, f"gradient of {name}")
+    _close_parameter_gradients(ours, ref)
     if with_lengths:  # padded steps get no gradient
         pad = (np.arange(T)[None, :] >= np.array(lengths)[:, None])
         assert np.all(np.where(pad[..., None] if batch_first else pad.T[..., None], dx, 0.0) == 0.0)
@@ -106,9 +110,7 @@ def test_unbatched_input_matches_torch(mode, batch_first):
     _close(dx, xt.grad, "input gradient")
     for g, t in zip(dhx if mode == "LSTM" else (dhx,), hxt if mode == "LSTM" else (hxt,)):
         _close(g, t.grad, "initial state gradient")
-    named = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        _close(p.grad, named[name].grad, f"gradient of {name}")
+    _close_parameter_gradients(ours, ref)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -145,9 +147,7 @@ def test_cells_match_torch(mode, batch):
     _close(dx, xt.grad, "input gradient")
     for g, t in zip(dhx if mode == "LSTMCell" else (dhx,), hxt if mode == "LSTMCell" else (hxt,)):
         _close(g, t.grad, "state gradient")
-    named = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        _close(p.grad, named[name].grad, name)
+    _close_parameter_gradients(ours, ref)
 
 
 def test_bad_input_names_the_argument():
