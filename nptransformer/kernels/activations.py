@@ -95,8 +95,13 @@ def _normal_cdf_float32(x: Any) -> tuple[Any, Any]:
     return get_array_module(x).where(x >= 0, 1.0 - tail, tail), density
 
 
+def _numpy_float32(x: Any) -> bool:
+    """Where the erfcx path runs: float32 NumPy blocks (other dtypes and backends keep erf)."""
+    return isinstance(x, np.ndarray) and x.dtype == np.float32
+
+
 def _gelu_exact(x: Any) -> Any:
-    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+    if _numpy_float32(x):
         cdf, _ = _normal_cdf_float32(x)
         cdf *= x
         return cdf
@@ -105,7 +110,7 @@ def _gelu_exact(x: Any) -> Any:
 
 def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
     xp = get_array_module(x)
-    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+    if _numpy_float32(x):
         cdf, slope = _normal_cdf_float32(x)  # slope holds exp(-x^2/2) so far
         slope *= _INV_SQRT_2PI
         slope *= x
@@ -150,7 +155,8 @@ ACTIVATION_BLOCKS = {
 class GeluSlope(RowKernel):
     """GELU (either form) with y and gelu'(x) computed together, the slope saved instead of x.
 
-    Applies to NumPy and CuPy arrays (on CuPy the bodies run whole, one
+    Applies to NumPy arrays of at least ``reference_below`` elements and to
+    CuPy arrays (:class:`._rows.RowKernel`; on CuPy the bodies run whole, one
     kernel per operator). Shapes as :func:`nptransformer.functional.gelu_forward`;
     the context is the slope (x's shape), or None under
     :func:`~nptransformer.no_grad`. Settings: :data:`._rows.ROW_SETTINGS`,

@@ -55,7 +55,8 @@ def _logit_grads(probs: Any, target: Any, valid: Any, scale: Any, smoothing: flo
 class CrossEntropyRows(RowKernel):
     """Cross-entropy a block of rows at a time; saves softmax(logits) (..., C), the ids and the mask.
 
-    Applies to NumPy and CuPy logits (on CuPy the rows run whole). Shapes as
+    Applies to NumPy logits of at least ``reference_below`` elements and to
+    CuPy logits (:class:`._rows.RowKernel`; on CuPy the rows run whole). Shapes as
     :func:`nptransformer.functional.cross_entropy_forward`. Settings:
     :data:`._rows.ROW_SETTINGS`.
     """

@@ -52,7 +52,8 @@ BACKWARD_BLOCK = 1 << 18
 class FusedLinearActivation(RowKernel):
     """y = act(x W^T + b) with h computed and activated a block of rows at a time.
 
-    Applies to every NumPy and CuPy call (on CuPy the product and the
+    Applies to NumPy inputs x of at least ``reference_below`` elements and to
+    every CuPy call (:class:`._rows.RowKernel`; on CuPy the product and the
     activation run whole, the activation as :data:`.activations.ACTIVATION_BLOCKS`'
     in-place bodies). Shapes as :func:`nptransformer.functional.linear_activation_forward`;
     saves x, weight and the activation's saved array (ReLU's mask or GELU's

@@ -71,7 +71,8 @@ def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
 class LayerNormRows(RowKernel):
     """Layer norm in row blocks, normalised in place; saves what the reference saves.
 
-    Applies to NumPy and CuPy arrays. Shapes and context as
+    Applies as :class:`._rows.RowKernel` says (NumPy arrays of at least
+    ``reference_below`` elements, CuPy arrays). Shapes and context as
     :func:`nptransformer.functional.layer_norm_forward`. Settings:
     :data:`._rows.ROW_SETTINGS`.
     """
@@ -98,7 +99,8 @@ class LayerNormRows(RowKernel):
 class RMSNormRows(RowKernel):
     """RMS norm in row blocks; saves what the reference saves.
 
-    Applies to NumPy and CuPy arrays. Shapes and context as
+    Applies as :class:`._rows.RowKernel` says (NumPy arrays of at least
+    ``reference_below`` elements, CuPy arrays). Shapes and context as
     :func:`nptransformer.functional.rms_norm_forward`. Settings:
     :data:`._rows.ROW_SETTINGS`.
     """

@@ -74,7 +74,8 @@ def _applies(kernel: RowKernel, x: Any, axis: int) -> bool:
 class SoftmaxRows(RowKernel):
     """Softmax in row blocks, normalised in place; saves y, as the reference.
 
-    Applies to NumPy arrays along the last axis and to CuPy arrays. Shapes as
+    Applies to NumPy arrays of at least ``reference_below`` elements along the last
+    axis and to CuPy arrays (:func:`_applies`). Shapes as
     :func:`nptransformer.functional.softmax_forward`. Settings:
     :data:`._rows.ROW_SETTINGS`.
     """
