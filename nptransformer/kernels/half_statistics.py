@@ -47,11 +47,12 @@ def _floats(values: Any) -> list[Any]:
     return [v for v in values if _checks.is_array(v) and dtype_name(v.dtype) in _checks.FLOAT_DTYPES]
 
 
-def _cast(value: Any, source: str, target: str) -> Any:
-    """``value`` with every ``source``-dtype array (also inside a tuple) cast to ``target``."""
+def cast_floats(value: Any, target: str, source: str | None = None) -> Any:
+    """``value`` with every floating-point array (also inside a tuple) cast to dtype ``target``; with
+    ``source``, only the arrays of that dtype. Anything else comes back as it is."""
     if isinstance(value, tuple):
-        return tuple(_cast(v, source, target) for v in value)
-    if _checks.is_array(value) and dtype_name(value.dtype) == source:
+        return tuple(cast_floats(v, target, source) for v in value)
+    if _checks.is_array(value) and dtype_name(value.dtype) in ((source,) if source else _checks.FLOAT_DTYPES):
         xp = get_array_module(value)
         return xp.astype(value, getattr(xp, target))
     return value
@@ -78,16 +79,16 @@ class Float32Statistics(Kernel):
         return all(dtype_name(v.dtype) == "float16" for v in floats)
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        args = tuple(_cast(a, "float16", "float32") for a in args)
-        kwargs = {k: _cast(v, "float16", "float32") for k, v in kwargs.items()}
+        args = tuple(cast_floats(a, "float32", "float16") for a in args)
+        kwargs = {k: cast_floats(v, "float32", "float16") for k, v in kwargs.items()}
         out, ctx = dispatch.forward(self.op, *args, **kwargs)
-        return (out if self.op in LOSSES else _cast(out, "float32", "float16")), ctx
+        return (out if self.op in LOSSES else cast_floats(out, "float16", "float32")), ctx
 
     def backward(self, dout: Any, ctx: Any) -> Any:
-        return _cast(dispatch.backward(_cast(dout, "float16", "float32"), ctx), "float32", "float16")
+        return cast_floats(dispatch.backward(cast_floats(dout, "float32", "float16"), ctx), "float16", "float32")
 
 
 for _op in OPS_WITH_STATISTICS:
     register_kernel(Float32Statistics(_op))
 
-__all__ = ["Float32Statistics", "OPS_WITH_STATISTICS", "LOSSES"]
+__all__ = ["Float32Statistics", "OPS_WITH_STATISTICS", "LOSSES", "cast_floats"]

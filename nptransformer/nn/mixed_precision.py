@@ -33,6 +33,7 @@ from typing import Any
 from .. import _checks
 from ..backend import dtype_name, get_array_module
 from ..kernels.bfloat16 import emulate_bfloat16, round_results
+from ..kernels.half_statistics import cast_floats
 from ..registry import ModuleCheck, register_module_check
 from .module import Module
 
@@ -79,7 +80,7 @@ class MixedPrecision(Module):
 
     def _narrow(self, value: Any) -> Any:
         """Float arrays (also in a tuple) cast to the working dtype, and rounded if that is bfloat16."""
-        value = _cast_like(value, self._pairs[0][1].data)
+        value = cast_floats(value, dtype_name(self._pairs[0][1].data.dtype))
         return round_results(value) if self.dtype == "bfloat16" else value
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
@@ -90,10 +91,11 @@ class MixedPrecision(Module):
             out = self._working(*(self._narrow(x) for x in inputs), **kwargs)
         scale = 1.0 if self.scaler is None else float(self.scaler.scale)
         self.save_for_backward(scale)
-        return _cast_like(out, self._pairs[0][0].data)
+        return cast_floats(out, dtype_name(self._pairs[0][0].data.dtype))
 
     def backward(self, dout: Any) -> Any:
-        """Scaled float16 backward; adds grad / scale (float32) into the master parameters; returns dx / scale."""
+        """Scaled backward in the working precision; adds grad / scale (float32) into the master parameters;
+        returns dx / scale."""
         scale = self.saved(dout)
         with self._rounding():
             dx = self._working.backward(self._narrow(dout * scale))
@@ -110,15 +112,6 @@ class MixedPrecision(Module):
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}, scaler={self.scaler!r}"
-
-
-def _cast_like(out: Any, ref: Any) -> Any:
-    """Float arrays (also inside a tuple) cast to ``ref``'s dtype; anything else as it is."""
-    if isinstance(out, tuple):
-        return tuple(_cast_like(o, ref) for o in out)
-    if hasattr(out, "dtype") and dtype_name(out.dtype) in _checks.FLOAT_DTYPES:
-        return get_array_module(out).astype(out, ref.dtype)
-    return out
 
 
 def _unscale(dx: Any, ref: Any, scale: float) -> Any:
