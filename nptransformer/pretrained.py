@@ -183,9 +183,10 @@ def gpt2_tensors(model: GPT) -> dict[str, np.ndarray]:
     the tied embedding unless the model has its own head. Shapes: Hugging Face's.
     """
     tied = model.lm_head is None
-    tensors = {"transformer." + k: v for k, v in _scatter(model.state_dict(), _gpt2_table(model.n_layer, tied)).items()
-               if k != "lm_head.weight"}
-    tensors["lm_head.weight"] = tensors["transformer.wte.weight"] if tied else to_numpy(model.lm_head.weight.data)
+    tensors = {(k if k == "lm_head.weight" else "transformer." + k): v
+               for k, v in _scatter(model.state_dict(), _gpt2_table(model.n_layer, tied)).items()}
+    if tied:
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
     return tensors
 
 

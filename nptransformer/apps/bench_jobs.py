@@ -59,7 +59,7 @@ def sentence_batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def encoder_job(compare: bool, repeats: int = 5, seed: int = 0) -> dict:
     """Sentences per second embedding :func:`sentence_batch` with the MiniLM-shaped BERT (and transformers')."""
-    model = BERT(**MINILM, generator=backend.Generator(seed)).eval()
+    model = BERT(**MINILM, add_pooling_layer=False, generator=backend.Generator(seed)).eval()
     ids, mask = sentence_batch(seed)
 
     def ours() -> np.ndarray:
@@ -72,8 +72,7 @@ def encoder_job(compare: bool, repeats: int = 5, seed: int = 0) -> dict:
         import transformers
 
         twin = transformers.BertModel(transformers.BertConfig(**MINILM), add_pooling_layer=False).eval()
-        twin.load_state_dict({k: torch.from_numpy(v) for k, v in bert_tensors(model).items()
-                              if not k.startswith("pooler.")})
+        twin.load_state_dict({k: torch.from_numpy(v) for k, v in bert_tensors(model).items()})
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
 
         def theirs() -> np.ndarray:
