@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from nptransformer.apps.train_char import PRECISIONS, train_char_gpt
+from nptransformer.apps.defaults import PRECISIONS
+from nptransformer.apps.train_char import train_char_gpt
 from nptransformer.backend import Generator, to_numpy
 from nptransformer.data import char_batch
 from nptransformer.kernels.bfloat16 import round_to_bfloat16

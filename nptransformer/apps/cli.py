@@ -12,7 +12,7 @@ import importlib
 import os
 from typing import Any, Callable
 
-from .defaults import BenchConfig, Demo, Embed, Generate, Serve, TrainChar
+from .defaults import PRECISIONS, BenchConfig, Demo, Embed, Generate, Serve, TrainChar
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches per batch with --parallel pipeline")
     c.add_argument("--zero", action="store_true",
                    help="with --parallel data: split AdamW's state across the ranks (ZeRO stage 1)")
-    c.add_argument("--precision", choices=["float32", "float16", "mixed", "bfloat16"], default="float32",
+    c.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float16: float16 compute, float32 master weights; mixed: the same with loss scaling; "
                         "bfloat16: every op's result rounded to bfloat16 (docs/precision-and-compression.md)")
     c.set_defaults(run=_lazy("train_char"))

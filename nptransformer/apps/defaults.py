@@ -17,6 +17,10 @@ class Demo:
     threads: int = 1  # BLAS threads; 0: BLAS's default (docs/training.md)
 
 
+#: ``train-char --precision`` (and :func:`~nptransformer.apps.train_char.train_char_gpt`'s ``precision``).
+PRECISIONS = ("float32", "float16", "mixed", "bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainChar:
     """``train-char``: a character-level GPT on a text file."""

@@ -30,10 +30,8 @@ from ..nn import CrossEntropyLoss, MixedPrecision
 from ..optim import AdamW, GradScaler, WarmupCosine, param_groups_for_weight_decay
 from ..tokenizers import CharTokenizer
 from ..training import Trainer, TrainingDiverged, blas_threads, format_duration
+from .defaults import PRECISIONS
 
-
-#: The ``precision`` values of :func:`train_char_gpt` (and ``train-char --precision``).
-PRECISIONS = ("float32", "float16", "mixed", "bfloat16")
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[CharTokenizer, np.ndarray, np.ndarray]:
     """(tokenizer, train ids, validation ids): the last ``val_fraction`` of the text is held out."""
