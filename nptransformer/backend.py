@@ -311,7 +311,8 @@ def erfcx(z: Any) -> Any:
 
     Relative error below 1e-10 (plus the dtype's rounding); z above 10.5
     is taken as 10.5 (callers multiply by exp(-z^2), which is 0 in float32
-    past 10.5); z must not be negative (erfc(-z) = 2 - erfc(z)). erfc(z) = exp(-z^2) erfcx(z) has no cancellation,
+    past 10.5); z must not be negative (erfc(-z) = 2 - erfc(z)).
+    erfc(z) = exp(-z^2) erfcx(z) has no cancellation,
     so it keeps its relative accuracy where erfc is tiny: float32 GELU
     (:mod:`nptransformer.kernels.activations`) and float32 erf use it.
     Shapes: z (...) -> (same).
@@ -331,8 +332,6 @@ def erfcx(z: Any) -> Any:
 
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-
-
 _ERF_BLOCK = 1 << 16  # float32 erf works on blocks of this many entries: its float64 temporaries stay in cache
 
 
