@@ -71,28 +71,24 @@ def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
     return t, slope
 
 
-def _normal_tail(x: Any) -> tuple[Any, Any]:
-    """(Phi(-|x|), exp(-x^2/2)) in x's dtype, from erfcx: Phi(-|x|) = exp(-x^2/2) erfcx(|x|/sqrt 2) / 2.
+def _normal_tail(x: Any) -> tuple[Any, Any, Any]:
+    """(a, Phi(-a), exp(-x^2/2)) with a = min(|x|, 20), from erfcx: Phi(-a) = exp(-a^2/2) erfcx(a/sqrt 2) / 2.
 
     The tail probability has no cancellation (unlike 1 + erf(x/sqrt 2) for x << 0), and the exponential
-    is the density's too, so GELU's value and slope share it.
+    is the density's too, so GELU's value and slope share it. Past 20 the tail is 0 in float32; the cap
+    keeps a * tail at 0 (not inf * 0) for x = +-inf.
     """
     xp = get_array_module(x)
-    density = x * x
+    a = xp.abs(x)
+    a = xp.minimum(a, 20.0, out=a)
+    density = a * a
     density *= -0.5
-    density = xp.exp(density)
-    z = xp.abs(x)
-    z *= _SQRT_HALF
+    density = xp.exp(density, out=density)
+    z = a * _SQRT_HALF
     tail = erfcx(z)
     tail *= density
     tail *= 0.5
-    return tail, density
-
-
-def _normal_cdf_float32(x: Any) -> tuple[Any, Any]:
-    """(Phi(x), exp(-x^2/2)) for float32 x: Phi(x) = 1 - Phi(-x) for x >= 0, Phi(-|x|) below."""
-    tail, density = _normal_tail(x)
-    return get_array_module(x).where(x >= 0, 1.0 - tail, tail), density
+    return a, tail, density
 
 
 def _numpy_float32(x: Any) -> bool:
@@ -100,23 +96,33 @@ def _numpy_float32(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == np.float32
 
 
+def _gelu_from_tail(x: Any, a: Any, tail: Any) -> Any:
+    """x Phi(x) = max(x, 0) - a Phi(-a), a = |x|: no branch on x's sign (np.where on a mask that flips
+    at random ran 15 times slower than an arithmetic pass here)."""
+    y = np.maximum(x, 0.0)
+    y -= a * tail
+    return y
+
+
 def _gelu_exact(x: Any) -> Any:
     if _numpy_float32(x):
-        cdf, _ = _normal_cdf_float32(x)
-        cdf *= x
-        return cdf
+        a, tail, _ = _normal_tail(x)
+        return _gelu_from_tail(x, a, tail)
     return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
 
 
 def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
     xp = get_array_module(x)
     if _numpy_float32(x):
-        cdf, slope = _normal_cdf_float32(x)  # slope holds exp(-x^2/2) so far
+        a, tail, slope = _normal_tail(x)  # slope holds exp(-x^2/2) so far
+        y = _gelu_from_tail(x, a, tail)
+        cdf = np.copysign(0.5, x)
+        cdf += 0.5  # the step: 1 for x >= +0, 0 for x <= -0
+        cdf -= np.copysign(tail, x, out=tail)  # Phi(x): 1 - tail above 0, 0 + tail (exact) below
         slope *= _INV_SQRT_2PI
         slope *= x
         slope += cdf  # Phi(x) + x phi(x)
-        cdf *= x  # y = x Phi(x)
-        return cdf, slope
+        return y, slope
     cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
     slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
     slope *= x
