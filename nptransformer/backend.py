@@ -190,13 +190,16 @@ def dtype_of(ns: Any, dtype: Any) -> Any:
         return dtype  # already the namespace's own dtype object
 
 
-_DTYPE_NAMES: dict[Any, str] = {}  # dtype -> name: np.dtype.name is computed in Python on every access
+# (type, dtype) -> name: np.dtype.name is computed in Python on every access. The type comes first so that
+# a lookup never compares dtypes of two libraries (array_api_strict warns when asked to).
+_DTYPE_NAMES: dict[Any, str] = {}
 
 
 def dtype_name(dtype: Any) -> str:
     """Short name of a dtype of any backend: "float32", "int64", ..."""
+    key = (type(dtype), dtype)
     try:
-        return _DTYPE_NAMES[dtype]
+        return _DTYPE_NAMES[key]
     except (KeyError, TypeError):  # not seen yet, or not hashable
         pass
     if isinstance(dtype, np.dtype) or isinstance(dtype, type):
@@ -204,7 +207,7 @@ def dtype_name(dtype: Any) -> str:
     else:
         name = str(dtype).rsplit(".", 1)[-1]
     try:
-        _DTYPE_NAMES[dtype] = name
+        _DTYPE_NAMES[key] = name
     except TypeError:
         pass
     return name

@@ -3,9 +3,12 @@
 - **Encoder**: sentence embeddings with an all-MiniLM-L6-v2-shaped BERT
   (vocabulary 30,522, 6 layers, hidden 384, 12 heads, feed-forward 1,536):
   32 sentences of 8 to 40 tokens (fixed by the seed; lengths like those of
-  short English sentences), padded to the longest, forward without
-  gradients and mean-pooled over the real tokens. Tokenization is not
-  timed (the two tokenizers are compared in docs/performance.md).
+  short English sentences), padded to the longest, embedded without
+  gradients and mean-pooled over the real tokens: ours by
+  :func:`nptransformer.sentence_embeddings.sentence_embeddings` (the library's
+  embedding call, which runs groups of similar length), transformers' as
+  one padded batch. Tokenization is not timed (the two tokenizers are
+  compared in docs/performance.md).
 - **Decode**: greedy generation with the KV cache on the bench's GPT: an
   8-token prompt and 64 new tokens, at batch 1 and batch 8, against
   ``GPT2LMHeadModel.generate`` with the same weights (exported by
@@ -24,9 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import backend, no_grad
+from .. import backend
 from ..models.bert import BERT
-from ..pretrained import bert_tensors, gpt2_tensors, mean_pool
+from ..pretrained import bert_tensors, gpt2_tensors
+from ..sentence_embeddings import sentence_embeddings
 
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 SENTENCES, PROMPT, NEW_TOKENS = 32, 8, 64
@@ -63,8 +67,7 @@ def encoder_job(compare: bool, repeats: int = 5, seed: int = 0) -> dict:
     ids, mask = sentence_batch(seed)
 
     def ours() -> np.ndarray:
-        with no_grad():
-            return backend.to_numpy(mean_pool(model(ids, attention_mask=mask), mask))
+        return backend.to_numpy(sentence_embeddings(model, ids, mask))
 
     runners = {"ours": ours}
     if compare:

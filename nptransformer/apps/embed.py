@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
-from ..grad_mode import no_grad
-from ..pretrained import load_bert, mean_pool
+from ..pretrained import load_bert
+from ..sentence_embeddings import sentence_embeddings
 from ..tokenizers import BertTokenizer
 
 
@@ -17,8 +17,7 @@ def run_cli(args: Any) -> int:
     batch = tokenizer(args.texts, padding=True, truncation=True, return_tensors="np",
                       max_length=min(tokenizer.model_max_length, model.max_position_embeddings))
     ids, types, mask = (backend.asarray(batch[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
-    with no_grad():
-        embeddings = backend.to_numpy(mean_pool(model(ids, types, mask), mask, normalize=True))
+    embeddings = backend.to_numpy(sentence_embeddings(model, ids, mask, types, normalize=True))
     similarity = embeddings @ embeddings.T  # (N, H) @ (H, N): unit vectors, so cosines
     for i, text in enumerate(args.texts):
         print(f"[{i}] {text}")

@@ -34,7 +34,7 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, tuple]:
     x2 = xp.reshape(x, (-1, x.shape[-1]))  # every leading axis folded into rows: (N, C_in)
     y = x2 @ xp.matrix_transpose(weight)  # (N, C_in) @ (C_in, C_out) -> (N, C_out)
     if bias is not None:
-        y = y + bias
+        y += bias  # in place: the product is a fresh array (y + b would allocate and fill another)
     return xp.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],)), (x, weight, bias is not None)
 
 

@@ -40,8 +40,9 @@ from .. import parallel
 from ..backend import backend_of, get_array_module
 from ..functional.linear_activation import check_linear_activation_inputs
 from ..grad_mode import is_grad_enabled
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, RowKernel, rowwise
-from .activations import ACTIVATION_BLOCKS
+from .. import _checks
+from ._rows import RowKernel, rowwise
+from .activations import ACTIVATION_BLOCKS, ACTIVATION_SETTINGS, ACTIVATION_TEST_SETTINGS, takes_kernel
 from .dispatch import register_kernel
 from .linear import pooled_linear_backward
 
@@ -52,23 +53,29 @@ BACKWARD_BLOCK = 1 << 18
 class FusedLinearActivation(RowKernel):
     """y = act(x W^T + b) with h computed and activated a block of rows at a time.
 
-    Applies to NumPy inputs x of at least ``reference_below`` elements and to
-    every CuPy call (:class:`._rows.RowKernel`; on CuPy the product and the
-    activation run whole, the activation as :data:`.activations.ACTIVATION_BLOCKS`'
-    in-place bodies). Shapes as :func:`nptransformer.functional.linear_activation_forward`;
+    Applies to every CuPy call (the product and the activation run whole,
+    the activation as :data:`.activations.ACTIVATION_BLOCKS`' in-place
+    bodies) and to NumPy calls whose h (B*T, C_out) is large enough for
+    :func:`.activations.takes_kernel`. Shapes as :func:`nptransformer.functional.linear_activation_forward`;
     saves x, weight and the activation's saved array (ReLU's mask or GELU's
     slope, (..., C_out)); under :func:`~nptransformer.no_grad` only y is
     computed and the context is None. Settings: ``block_elements``,
     ``whole_elements``, ``min_elements`` of :func:`._rows.rowwise` (the
-    forward's blocks and slabs, sized by the width of h), and
-    ``backward_block``, the elements of dh per block of the threaded backward.
+    forward's blocks and slabs, sized by the width of h), the thresholds of
+    :data:`.activations.ACTIVATION_SETTINGS`, and ``backward_block``, the
+    elements of dh per block of the threaded backward.
     """
 
     op = "linear_activation"
     name = "linear_activation.fused"
-    defaults = {**ROW_SETTINGS, "backward_block": BACKWARD_BLOCK}
-    test_settings = {**ROW_TEST_SETTINGS, "backward_block": 8}
+    defaults = {**ACTIVATION_SETTINGS, "backward_block": BACKWARD_BLOCK}
+    test_settings = {**ACTIVATION_TEST_SETTINGS, "backward_block": 8}
 
+    def applies(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> bool:
+        if not (_checks.is_array(x) and _checks.is_array(weight)) or weight.ndim != 2 or x.ndim == 0:
+            return False
+        h_elements = x.size // max(x.shape[-1], 1) * weight.shape[0]  # the activation runs over h
+        return takes_kernel(x, h_elements, activation, self.settings)
 
     def forward(self, x: Any, weight: Any, bias: Any = None, activation: str = "gelu_tanh") -> tuple[Any, Any]:
         check_linear_activation_inputs(x, weight, bias, activation)

@@ -1,7 +1,7 @@
 """What the server computes: sentence embeddings (BERT family) or text continuations (GPT family).
 
-Each service turns a batch of requests into one forward pass (embeddings)
-or one batched greedy decoding (generation) and gives back one result per
+Each service turns a batch of requests into forward passes over groups of
+similar length (embeddings) or one batched greedy decoding (generation) and gives back one result per
 request, equal to what the request alone would get: padding is masked
 (right padding for BERT, left padding for GPT with positions counted from
 each row's first real token), so batch-mates never change a result beyond
@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..grad_mode import no_grad
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,12 @@ class EmbeddingService:
 
     def compute(self, texts: list[str]) -> list[list[float]]:
         """A batch of texts -> their embeddings, as lists of floats (JSON-ready)."""
-        from ..pretrained import mean_pool
+        from ..sentence_embeddings import sentence_embeddings
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="np")
         ids, types, mask = (backend.asarray(batch[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
-        with no_grad():
-            pooled = mean_pool(self.model(ids, types, mask), mask, normalize=True)  # (B, H)
+        pooled = sentence_embeddings(self.model, ids, mask, types, normalize=True)  # (B, H), in length groups
         return backend.to_numpy(pooled).astype(np.float64).tolist()
 
 
