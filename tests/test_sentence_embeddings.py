@@ -1,25 +1,20 @@
-"""sentence_embeddings against each sentence embedded alone, and against transformers' padded batch.
-
-length_groups is checked against a brute force over every way of cutting
-the sorted rows into runs.
-"""
-
-import itertools
+"""sentence_embeddings and BERT's packed forward against each sentence run alone, the padded batch's
+gradients, and transformers' padded batch."""
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from nptransformer import BERT, backend, no_grad
-from nptransformer.sentence_embeddings import length_groups, sentence_embeddings
+from nptransformer.nn.packing import Packing
+from nptransformer.sentence_embeddings import sentence_embeddings
 
 CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
               add_pooling_layer=False)
 
 
-def _model(dtype="float64"):
-    return BERT(**CONFIG, dtype=dtype, generator=backend.Generator(0)).eval()
+def _model(dtype="float64", dropout=0.1):
+    return BERT(**CONFIG, dtype=dtype, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                generator=backend.Generator(0)).eval()
 
 
 def _alone(model, ids, types, mask, normalize=False):
@@ -52,13 +47,12 @@ def _batch(rng, lengths, T, left=False):
     return ids, types, mask
 
 
-@pytest.mark.parametrize("group_cost", [0, 4, 1000])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_equals_each_sentence_embedded_alone(group_cost, normalize):
+def test_equals_each_sentence_embedded_alone(normalize):
     rng = np.random.default_rng(0)
     model = _model()
     ids, types, mask = _batch(rng, [3, 9, 1, 12, 7, 7, 2, 12, 5], 12)
-    got = sentence_embeddings(model, ids, mask, types, normalize=normalize, group_cost=group_cost)
+    got = sentence_embeddings(model, ids, mask, types, normalize=normalize)
     np.testing.assert_allclose(got, _alone(model, ids, types, mask, normalize), rtol=1e-12, atol=1e-12)
 
 
@@ -69,7 +63,7 @@ def test_left_padding_holes_and_empty_rows():
     mask[1, 3] = 0  # a hole inside a row
     mask = np.concatenate([mask, np.zeros((1, 8), dtype=np.int64)])  # and a row with no real token
     ids, types = np.concatenate([ids, ids[:1]]), np.concatenate([types, types[:1]])
-    got = sentence_embeddings(model, ids, mask, types, group_cost=0)
+    got = sentence_embeddings(model, ids, mask, types)
     np.testing.assert_allclose(got, _alone(model, ids, types, mask), rtol=1e-12, atol=1e-12)
     assert np.all(got[-1] == 0)
 
@@ -80,7 +74,7 @@ def test_float32_and_the_strict_backend(backend_name):
         model = _model("float32")
         ids, types, mask = _batch(rng, [5, 11, 3, 11, 8], 11)
         want = _alone(model, ids, types, mask)
-        got = sentence_embeddings(model, *(backend.asarray(a) for a in (ids, mask, types)), group_cost=0)
+        got = sentence_embeddings(model, *(backend.asarray(a) for a in (ids, mask, types)))
         assert backend.backend_of(got) == backend_name and got.dtype == model.embeddings.norm.weight.data.dtype
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-5, atol=1e-5)
 
@@ -104,33 +98,13 @@ def test_matches_transformers_padded_batch():
     np.testing.assert_allclose(sentence_embeddings(model, ids, mask, types), want, rtol=1e-12, atol=1e-12)
 
 
-def _brute_force_cost(lengths, group_cost):
-    s = sorted(lengths)
-    best = None
-    for k in range(len(s)):
-        for cuts in itertools.combinations(range(1, len(s)), k):
-            bounds = (0,) + cuts + (len(s),)
-            cost = sum((hi - lo) * s[hi - 1] + group_cost for lo, hi in zip(bounds, bounds[1:]))
-            best = cost if best is None else min(best, cost)
-    return best
-
-
-@given(st.lists(st.integers(0, 30), min_size=1, max_size=8), st.sampled_from([0, 1, 5, 20, 100]))
-def test_length_groups_is_an_optimal_cut(lengths, group_cost):
-    lengths = np.array(lengths)
-    groups = length_groups(lengths, group_cost)
-    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))  # every row once
-    cost = sum(len(g) * lengths[g].max() + group_cost for g in groups)
-    assert cost == _brute_force_cost(lengths.tolist(), group_cost)
-    for g in groups:
-        assert list(lengths[g]) == sorted(lengths[g])
-
-
 @pytest.mark.parametrize("bad, match", [
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 4))), "attention_mask"),
     (dict(input_ids=np.zeros(3, dtype=np.int64), attention_mask=np.ones(3)), "shape \\(B, T\\)"),
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.zeros((2, 3))), "no real token"),
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 3)),
+          token_type_ids=np.zeros((2, 2), dtype=np.int64)), "token_type_ids"),
+    (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 3), dtype=np.int64),
           token_type_ids=np.zeros((2, 2), dtype=np.int64)), "token_type_ids"),
 ])
 def test_bad_input_is_named(bad, match):
@@ -138,8 +112,55 @@ def test_bad_input_is_named(bad, match):
         sentence_embeddings(_model(), **bad)
 
 
-@pytest.mark.parametrize("lengths, cost, match", [
-    (np.array([1.5]), 1, "lengths"), (np.array([-1]), 1, "lengths"), (np.array([3]), -1, "group_cost")])
-def test_length_groups_bad_input(lengths, cost, match):
-    with pytest.raises(ValueError, match=match):
-        length_groups(lengths, cost)
+def test_packed_forward_and_backward_equal_the_padded_batch_at_real_positions():
+    rng = np.random.default_rng(4)
+    padded, packed = _model(dropout=0.0).train(), _model(dropout=0.0).train()  # training mode, no randomness
+    ids, types, mask = _batch(rng, [4, 9, 1, 9, 6], 9)
+    dhidden = rng.normal(size=(5, 9, 16)) * mask[..., None]  # a loss that reads the real positions only
+    want = padded(ids, types, mask)
+    got = packed(ids, types, mask, packed=True)
+    np.testing.assert_allclose(got, want * mask[..., None], rtol=1e-12, atol=1e-12)
+    assert np.all(got[mask == 0] == 0)
+    padded.backward(dhidden)
+    packed.backward(dhidden)
+    grads = dict(padded.named_parameters())
+    for name, p in packed.named_parameters():
+        np.testing.assert_allclose(p.grad, grads[name].grad, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_packed_backward_against_finite_differences():
+    rng = np.random.default_rng(5)
+    model = _model().eval()
+    ids, types, mask = _batch(rng, [3, 5, 2], 5)
+    weights = rng.normal(size=(3, 5, 16))
+
+    def loss():
+        return float(np.sum(model(ids, types, mask, packed=True) * weights))
+
+    loss()
+    model.zero_grad()
+    model.backward(weights)
+    for name in ("encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.1.linear1.weight",
+                 "embeddings.position_embeddings.weight"):
+        p = dict(model.named_parameters())[name]
+        index = tuple(int(rng.integers(0, n)) for n in p.shape[:1]) + (3,)
+        old = float(p.data[index])
+        p.data[index] = old + 1e-6
+        up = loss()
+        p.data[index] = old - 1e-6
+        down = loss()
+        p.data[index] = old
+        np.testing.assert_allclose(p.grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_packing_moves_and_bad_input():
+    packing = Packing(np.array([[0, 1, 1], [1, 0, 1]]))  # left padding and a hole
+    x = np.arange(12.0).reshape(2, 3, 2)
+    np.testing.assert_array_equal(packing.pack(x)[0], x[np.array([[0, 1, 1], [1, 0, 1]]) == 1])
+    np.testing.assert_array_equal(packing.unpack(packing.pack(x)), x * np.array([[0, 1, 1], [1, 0, 1]])[..., None])
+    with pytest.raises(ValueError, match="no real token"):
+        Packing(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        packing.pack(np.zeros((2, 4, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        packing.unpack(np.zeros((1, 3, 2)))

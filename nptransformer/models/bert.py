@@ -38,6 +38,7 @@ from ..nn.feed_forward import FeedForward
 from ..nn.linear import Linear
 from ..nn.module import Module, Parameter
 from ..nn.normalization import LayerNorm
+from ..nn.packing import Packing
 from ..nn.transformer import TransformerEncoder
 from ..nn.transformer_layers import TransformerEncoderLayer
 from ..registry import ModuleCheck, register_module_check
@@ -198,6 +199,7 @@ class BERT(Module):
         self.mlm_head = (BertMLMHead(self.embeddings.word_embeddings, hidden_act, layer_norm_eps, dtype=dtype)
                          if add_mlm_head else None)
         self._init_weights(initializer_range, generator)
+        self._packing: Packing | None = None  # the last forward's, when it ran packed
 
     def _init_weights(self, std: float, generator: Any) -> None:
         for name, p in self.named_parameters():
@@ -209,14 +211,18 @@ class BERT(Module):
         if words.padding_idx is not None:
             words.weight.data[words.padding_idx, :] = 0.0
 
-    def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
+    def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None,
+                packed: bool = False) -> Any:
         """Last hidden state (B, T, H) of token ids (B, T).
 
         ``token_type_ids`` (B, T): segment A = 0, B = 1 (default all 0).
         ``attention_mask`` (B, T): 1 = a real token, 0 = padding, as Hugging
         Face's (bool or integer); padded keys get no attention. Padded
         positions still get a hidden state (ignore it, as
-        :func:`~nptransformer.pretrained.mean_pool` does).
+        :func:`~nptransformer.pretrained.mean_pool` does). ``packed``: the
+        layers run on the real tokens only (:mod:`nptransformer.nn.packing`):
+        the same hidden states at real positions, zeros at padded ones, and
+        only the real tokens' work (``backward`` follows the same path).
         """
         _checks.check_token_ids("input_ids", input_ids, self.vocab_size, "token ids")
         if input_ids.ndim != 2:
@@ -234,7 +240,13 @@ class BERT(Module):
                 raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(token_type_ids.shape)}")
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, src_key_padding_mask=key_padding_from_attention_mask(attention_mask, tuple(input_ids.shape), "input_ids.shape"))
+        padding = key_padding_from_attention_mask(attention_mask, tuple(input_ids.shape), "input_ids.shape")
+        self._packing = None
+        if not packed:
+            return self.encoder(x, src_key_padding_mask=padding)
+        real = xp.ones(tuple(input_ids.shape), dtype=xp.bool) if padding is None else ~padding
+        self._packing = Packing(real)
+        return self._packing.unpack(self.encoder(self._packing.pack(x), packing=self._packing))
 
     def backward(self, dhidden: Any) -> None:
         """dL/dhidden (B, T, H) -> accumulates the gradient of every parameter the forward used.
@@ -242,7 +254,10 @@ class BERT(Module):
         The heads have their own backward: pass ``mlm_head.backward(dlogits)``
         or ``pooler.backward(dpooled)`` (or their sum) here.
         """
-        self.embeddings.backward(self.encoder.backward(dhidden))
+        if self._packing is None:
+            self.embeddings.backward(self.encoder.backward(dhidden))
+        else:  # forward: hidden = unpack(encoder(pack(x)))
+            self.embeddings.backward(self._packing.unpack(self.encoder.backward(self._packing.pack(dhidden))))
         return None
 
     def num_parameters(self, non_embedding: bool = False) -> int:

@@ -104,19 +104,29 @@ class MultiheadAttention(Module):
         return y, weights
 
     def self_attention(self, x: Any, attn_mask: Any = None, key_padding_mask: Any = None, is_causal: bool = False,
-                       need_weights: bool = False, attn_bias: Any = None, cache: Any = None) -> Any:
+                       need_weights: bool = False, attn_bias: Any = None, cache: Any = None,
+                       packing: Any = None) -> Any:
         """Self-attention, x (B, L, E) -> (B, L, E): q, k and v all from x, projected by one GEMM.
 
         Masks as in :meth:`forward`. ``cache`` (inference, inside ``no_grad``):
         the new keys and values are appended to it and the queries attend to
         all S = cached + L positions (masks then cover S keys, and
         ``is_causal`` is bottom-right aligned: query i sits at position
-        S - L + i and sees keys j <= S - L + i). ``backward`` returns dx
-        (the q, k and v paths added)[, dattn_bias].
+        S - L + i and sees keys j <= S - L + i). ``packing`` (a
+        :class:`~nptransformer.nn.packing.Packing`): x is (1, N, E), the real
+        tokens of a padded (B, T) batch; the projections run on the N tokens,
+        the attention per sentence with the padding masked (masks and
+        ``is_causal`` then refer to the (B, T) layout), and the output is
+        (1, N, E). ``backward`` returns dx (the q, k and v paths added)[, dattn_bias].
         """
         self._check_inputs(x=x)
         self._check_cache(cache)
-        qkv, proj = self._project(x, 0, 3)  # (B, L, 3E): one GEMM, then three (B, H, L, D) views
+        if packing is not None:
+            if cache is not None or key_padding_mask is not None:
+                raise ValueError("MultiheadAttention: packing= masks the padding itself; it takes no "
+                                 "key_padding_mask and no cache")
+            key_padding_mask = packing.key_padding_mask
+        qkv, proj = self._project(x, 0, 3, packing)  # (B, L, 3E): one GEMM, then three (B, H, L, D) views
         q, k, v = qkv
         extra = []
         if cache is not None:
@@ -129,7 +139,7 @@ class MultiheadAttention(Module):
                     extra = [causal_bottom_right(x.shape[1], k.shape[2], like=x)]
                 is_causal = False
         return self._attend("self", (proj,), q, k, v, attn_mask, key_padding_mask, is_causal, need_weights,
-                            attn_bias, extra)
+                            attn_bias, extra, packing)
 
     def cross_attention(self, x: Any, memory: Any, attn_mask: Any = None, key_padding_mask: Any = None,
                         is_causal: bool = False, need_weights: bool = False, attn_bias: Any = None,
@@ -155,17 +165,23 @@ class MultiheadAttention(Module):
                             need_weights, attn_bias)
 
     # -- shared steps -------------------------------------------------------------
-    def _project(self, x: Any, first: int, n: int) -> tuple[list, Any]:
-        """Rows first*E .. (first+n)*E of the in-projection applied to x (B, T, E): n arrays (B, H, T, D)."""
+    def _project(self, x: Any, first: int, n: int, packing: Any = None) -> tuple[list, Any]:
+        """Rows first*E .. (first+n)*E of the in-projection applied to x (B, T, E): n arrays (B, H, T, D).
+
+        With ``packing``, x is (1, N, E) and the projected tokens are laid out as (B, T) first."""
         E = self.embed_dim
         w = self.in_proj_weight.data[first * E:(first + n) * E, :]
         b = self.in_proj_bias.data[first * E:(first + n) * E] if self.in_proj_bias is not None else None
         y, ctx = ops.linear_forward(x, w, b)  # (B, T, n*E)
+        if packing is not None:
+            y = packing.unpack(y)  # (1, N, n*E) -> (B, T, n*E)
         return _split_heads(y, n, self.num_heads, self.head_dim), ctx
 
     def _attend(self, kind: str, proj: tuple, q: Any, k: Any, v: Any, attn_mask: Any, key_padding_mask: Any,
-                is_causal: bool, need_weights: bool, attn_bias: Any, extra_masks: list = ()) -> Any:
-        """Heads (B, H, L, D) x (B, H, S, D) -> the output (B, L, E); saves what backward needs."""
+                is_causal: bool, need_weights: bool, attn_bias: Any, extra_masks: list = (),
+                packing: Any = None) -> Any:
+        """Heads (B, H, L, D) x (B, H, S, D) -> the output (B, L, E), or (1, N, E) packed; saves what backward
+        needs."""
         B, H, L, S = q.shape[0], self.num_heads, q.shape[2], k.shape[2]
         xp = get_array_module(q)
         masks = attention_masks(attn_mask, key_padding_mask, B, H, L, S, q.dtype) + list(extra_masks)
@@ -174,8 +190,10 @@ class MultiheadAttention(Module):
                                                            is_causal=is_causal, generator=self.generator,
                                                            bias=attn_bias)
         o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, L, self.embed_dim))  # (B, H, L, D) -> (B, L, E)
+        if packing is not None:
+            o = packing.pack(o)  # (B, L, E) -> (1, N, E): the out-projection runs on the real tokens only
         y = self.out_proj(o)
-        self.save_for_backward((kind, proj, attn, attn_bias is not None))
+        self.save_for_backward((kind, proj, attn, attn_bias is not None, packing))
         self.attn_weights = attn.probs if need_weights else None  # (B, H, L, S)
         return y
 
@@ -204,15 +222,20 @@ class MultiheadAttention(Module):
         dattn_bias appended when an ``attn_bias`` was given. Parameter
         gradients are accumulated. Derivation: docs/backprop-walkthrough.md.
         """
-        kind, proj, attn, has_bias = self.saved()
-        B, L = dy.shape[0], dy.shape[1]
+        kind, proj, attn, has_bias, packing = self.saved()
         xp = get_array_module(dy)
         do = self.out_proj.backward(dy)  # forward: y = o W_o^T + b_o
+        if packing is not None:
+            do = packing.unpack(do)  # forward: o = pack(o)
+        B, L = do.shape[0], do.shape[1]
         do = xp.permute_dims(xp.reshape(do, (B, L, self.num_heads, self.head_dim)), (0, 2, 1, 3))  # (B, H, L, D)
         dq, dk, dv, dbias = ops.scaled_dot_product_attention_backward(do, attn)
         if kind == "self":
             # forward: [q | k | v] = x W_in^T + b_in, so dx collects all three paths in one GEMM
-            dx, dw, db = ops.linear_backward(_merge_heads([dq, dk, dv]), proj[0])
+            dqkv = _merge_heads([dq, dk, dv])
+            if packing is not None:
+                dqkv = packing.pack(dqkv)  # forward: qkv = unpack(qkv)
+            dx, dw, db = ops.linear_backward(dqkv, proj[0])
             self._accumulate([dw], [db])
             grads: tuple = (dx,)
         elif kind == "cross":

@@ -33,12 +33,15 @@ class TransformerEncoder(Module):
         self.norm = norm
 
     def forward(self, src: Any, mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool | None = None,
-                need_weights: bool = False) -> Any:
-        """src (B, S, E) -> memory (B, S, E); ``need_weights``: each layer's ``self_attn`` keeps ``attn_weights``."""
+                need_weights: bool = False, packing: Any = None) -> Any:
+        """src (B, S, E) -> memory (B, S, E); ``need_weights``: each layer's ``self_attn`` keeps ``attn_weights``.
+
+        ``packing``: src and memory are (1, N, E), packed (:meth:`TransformerEncoderLayer.forward`)."""
         x = src
+        extra = {} if packing is None else {"packing": packing}
         for layer in self.layers:
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal),
-                      need_weights=need_weights)
+                      need_weights=need_weights, **extra)
         return self.norm(x) if self.norm is not None else x
 
     def backward(self, d: Any) -> Any:

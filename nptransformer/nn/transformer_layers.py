@@ -74,9 +74,12 @@ class _Sublayers(Module):
         for i in range(1, n + 1):
             setattr(self, f"dropout{i}", Dropout(dropout))
 
-    def _self_attention(self, x: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool, cache: Any) -> Any:
+    def _self_attention(self, x: Any, mask: Any, padding: Any, is_causal: bool, need_weights: bool, cache: Any,
+                        packing: Any = None) -> Any:
+        extra = {} if packing is None else {"packing": packing}  # attention classes without packing never see it
         y = self.self_attn.self_attention(x, attn_mask=mask, key_padding_mask=padding, is_causal=is_causal,
-                                          need_weights=need_weights, cache=None if cache is None else cache.self_attn)
+                                          need_weights=need_weights, cache=None if cache is None else cache.self_attn,
+                                          **extra)
         return self.dropout1(y)
 
     def _self_attention_backward(self, d: Any) -> Any:
@@ -118,15 +121,19 @@ class TransformerEncoderLayer(_Sublayers):
             self.self_attn = EfficientSelfAttention(d_model, nhead, bias=bias, dtype=dtype, **attention)
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False,
-                need_weights: bool = False, cache: Any = None) -> Any:
+                need_weights: bool = False, cache: Any = None, packing: Any = None) -> Any:
         """src (B, S, E) -> (B, S, E); masks as in :class:`MultiheadAttention`.
 
         ``need_weights``: ``self_attn.attn_weights`` keeps the (B, H, S, S)
         probabilities. ``cache`` (a ``LayerCache``, under ``no_grad``): src
         holds only the new positions, and masks cover cached + new keys.
+        ``packing`` (:class:`~nptransformer.nn.packing.Packing`, in place of
+        ``src_key_padding_mask``): src is (1, N, E), the real tokens of a
+        padded batch, and so is the output; every op but the attention runs
+        on the N tokens alone.
         """
         x = src
-        sa = (src_mask, src_key_padding_mask, is_causal, need_weights, cache)
+        sa = (src_mask, src_key_padding_mask, is_causal, need_weights, cache, packing)
         if self.norm_first:
             x = x + self._self_attention(self.norm1(x), *sa)
             return x + self._feed_forward(self.norm2(x), self.dropout2)
