@@ -317,26 +317,30 @@ _ERFCX_FITS = {
 }
 
 
-def erfcx(z: Any) -> Any:
-    """The scaled complementary error function exp(z^2) erfc(z), for 0 <= z <= 10.5, in z's dtype.
+def erfcx(z: Any, scale: float = 1.0, factor: float = 1.0) -> Any:
+    """The scaled complementary error function exp(w^2) erfc(w) of w = scale * z, times ``factor``, in z's dtype.
 
-    Relative error below 1e-10 in float64 and below 1.4e-8 in float32 (a
-    quarter of its rounding; the shorter polynomial saves passes), plus the
-    dtype's rounding; z above 10.5
-    is taken as 10.5 (callers multiply by exp(-z^2), which is 0 in float32
-    past 10.5); z must not be negative (erfc(-z) = 2 - erfc(z)).
-    erfc(z) = exp(-z^2) erfcx(z) has no cancellation,
+    For 0 <= w <= 10.5: relative error below 1e-10 in float64 and below
+    1.4e-8 in float32 (a quarter of its rounding; the shorter polynomial
+    saves passes), plus the dtype's rounding; w above 10.5 is taken as 10.5
+    (callers multiply by exp(-w^2), which is 0 in float32 past 10.5); w must
+    not be negative (erfc(-w) = 2 - erfc(w)). ``scale`` and ``factor`` fold
+    into the polynomial's constants: two passes over z fewer than scaling
+    before and after (the float32 GELU calls it with 1/sqrt 2 and 1/2).
+    erfc(w) = exp(-w^2) erfcx(w) has no cancellation,
     so it keeps its relative accuracy where erfc is tiny: float32 GELU
     (:mod:`nptransformer.kernels.activations`) and float32 erf use it.
     Shapes: z (...) -> (same).
     """
     xp = get_array_module(z)
     P, s_min, coefficients = _ERFCX_FITS["float32" if dtype_name(z.dtype) == "float32" else "float64"]
-    scale = 2.0 / (1.0 - s_min)
-    u = xp.minimum(z, _ERFCX_Z_MAX) * P
+    if factor != 1.0:
+        coefficients = tuple(factor * c for c in coefficients)
+    u_scale = 2.0 / (1.0 - s_min)
+    u = xp.minimum(z, _ERFCX_Z_MAX / scale) * (P * scale)
     u += 1.0
-    u = scale / u  # s * scale, s = 1 / (1 + P z)
-    u -= 1.0 + s_min * scale  # u = (s - S_MIN) * scale - 1, in [-1, 1]
+    u = u_scale / u  # s * u_scale, s = 1 / (1 + P w)
+    u -= 1.0 + s_min * u_scale  # u = (s - S_MIN) * u_scale - 1, in [-1, 1]
     acc = u * coefficients[-1]
     for c in coefficients[-2:0:-1]:  # Horner's rule, in place
         acc += c

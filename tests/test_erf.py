@@ -73,6 +73,16 @@ def test_float32_erfcx_is_within_its_fit_and_rounding_of_exp_z2_erfc_z():
     assert rel.max() < 1e-6, f"{rel.max():.2e} at z = {z[rel.argmax()]}"
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-6)])
+def test_erfcx_scale_and_factor_fold_into_the_polynomial(dtype, tol):
+    z = np.linspace(0.0, 16.0, 4001)
+    w = np.minimum(z / math.sqrt(2.0), 10.5)  # past 10.5 the argument is taken as 10.5
+    exact = 0.5 * np.array([math.erfc(v) * math.exp(v * v) for v in w])
+    got = erfcx(z.astype(dtype), scale=1 / math.sqrt(2.0), factor=0.5)
+    rel = np.abs(got.astype(np.float64) - exact) / exact
+    assert got.dtype == dtype and rel.max() < tol, f"{rel.max():.2e} at z = {z[rel.argmax()]}"
+
+
 def test_float32_gelu_kernel_at_zero_infinities_and_nan():
     x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 30.0, -30.0], dtype=np.float32)
     with np.errstate(invalid="ignore"):

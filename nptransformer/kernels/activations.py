@@ -105,10 +105,8 @@ def _normal_tail(x: Any) -> tuple[Any, Any, Any]:
     density = a * a
     density *= -0.5
     density = xp.exp(density, out=density)
-    z = a * _SQRT_HALF
-    tail = erfcx(z)
+    tail = erfcx(a, scale=_SQRT_HALF, factor=0.5)  # erfcx(a / sqrt 2) / 2
     tail *= density
-    tail *= 0.5
     return a, tail, density
 
 

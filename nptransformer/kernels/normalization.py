@@ -3,9 +3,9 @@
 The reference evaluates each operator over the whole (..., C) array. These
 kernels cut the rows into blocks (:func:`._rows.over_last_axis`; with
 :func:`nptransformer.set_num_threads` above 1, first one slab of rows per
-thread), normalise in place, and take the row sums as matrix-vector products
-``x @ ones(C)`` while the pool holds BLAS to one thread
-(:func:`._rows.row_sums`); the weight and bias gradients are
+thread), normalise in place, and take the row sums as :func:`._rows.row_sums`
+and :func:`._rows.row_dots` do (the variance's sum of squares without the
+squares); the weight and bias gradients are
 :func:`._rows.column_sums`. Arrays of up to ``whole_elements`` are left
 whole (on the (2048, 256) layer-norm input of the default config the split
 only added calls).
@@ -22,7 +22,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from ..functional.normalization import check_norm_inputs
-from ._rows import RowKernel, column_sums, over_last_axis, row_sums
+from ._rows import RowKernel, column_sums, over_last_axis, row_dots, row_sums
 from .dispatch import register_kernel
 
 
@@ -31,7 +31,7 @@ def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, A
     xp = get_array_module(x)
     n = x.shape[-1]
     xc = x - row_sums(x) / n
-    rstd = 1.0 / xp.sqrt(row_sums(xc * xc) / n + eps)
+    rstd = 1.0 / xp.sqrt(row_dots(xc, xc) / n + eps)
     xc *= rstd  # now xhat
     if weight is None:
         return (xc if bias is None else xc + bias), xc, rstd
@@ -45,7 +45,7 @@ def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
     n = dy.shape[-1]
     g = dy if weight is None else dy * weight
     mean_g = row_sums(g) / n
-    mean_gx = row_sums(g * xhat) / n
+    mean_gx = row_dots(g, xhat) / n
     dx = g - mean_g  # a fresh array even when g is dy
     dx -= xhat * mean_gx
     dx *= rstd
@@ -55,14 +55,14 @@ def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
 def _rms_norm_rows(x: Any, weight: Any, eps: float) -> tuple[Any, Any, Any]:
     """Rows x (r, C) -> (y, xhat, rstd (r, 1))."""
     xp = get_array_module(x)
-    rstd = 1.0 / xp.sqrt(row_sums(x * x) / x.shape[-1] + eps)
+    rstd = 1.0 / xp.sqrt(row_dots(x, x) / x.shape[-1] + eps)
     xhat = x * rstd
     return (xhat if weight is None else xhat * weight), xhat, rstd
 
 
 def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
     g = dy if weight is None else dy * weight
-    dx = xhat * (row_sums(g * xhat) / g.shape[-1])
+    dx = xhat * (row_dots(g, xhat) / g.shape[-1])
     dx -= g
     dx *= -rstd  # rstd (g - xhat mean(g xhat))
     return dx

@@ -3,10 +3,9 @@
 The reference evaluates each operator over the whole array. These kernels
 cut the rows into blocks (:func:`._rows.over_last_axis`; with
 :func:`nptransformer.set_num_threads` above 1, first one slab of rows per
-thread), normalise in place, and take the row sums as matrix-vector products
-``x @ ones(n)`` while the pool holds BLAS to one thread
-(:func:`._rows.row_sums`). The softmax backward forms ``dy * y`` once and
-subtracts ``y * sum`` in place: two temporaries instead of three. Along
+thread), normalise in place, and take the row sums as :func:`._rows.row_sums`
+does. The softmax backward y (dy - sum(dy y)) takes the sum as one
+``vecdot`` per row (:func:`._rows.row_dots`) and forms one temporary. Along
 another axis they compute the same, whole.
 
 >>> import numpy as np
@@ -21,7 +20,7 @@ from typing import Any, Callable
 
 from ..backend import backend_of, get_array_module
 from ..functional.softmax import check_softmax_inputs, shift_by_max
-from ._rows import RowKernel, over_last_axis, row_sums
+from ._rows import RowKernel, over_last_axis, row_dots, row_sums
 from .dispatch import register_kernel
 
 
@@ -55,8 +54,11 @@ def _along(fn: Callable[..., Any], axis: int, settings: dict, *arrays: Any) -> A
 
 
 def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
-    g = dy * y
-    g -= y * _sums(g, axis)  # y dy - y sum(dy y) = y (dy - sum(dy y))
+    if axis in (-1, y.ndim - 1):
+        g = dy - row_dots(dy, y)  # dy - sum(dy y): the sum without the product array
+    else:
+        g = dy - get_array_module(y).sum(dy * y, axis=axis, keepdims=True)
+    g *= y  # y (dy - sum(dy y))
     return g
 
 
