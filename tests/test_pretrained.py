@@ -21,6 +21,7 @@ import pytest
 from nptransformer import nn
 from nptransformer.gradcheck import check_grad
 from nptransformer.pretrained import load_bert, load_gpt2, mean_pool
+from nptransformer.sentence_embeddings import sentence_embeddings
 from nptransformer.safetensors import load_file, save_file
 
 TEXTS = [
@@ -135,6 +136,8 @@ def test_minilm_matches_transformers(minilm_dir, transformers, dtype, atol):
     ref_pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     ref_embeddings = torch.nn.functional.normalize(ref_pooled, p=2, dim=1).numpy()
     np.testing.assert_allclose(mean_pool(hidden, mask, normalize=True), ref_embeddings, rtol=0, atol=atol)
+    packed = sentence_embeddings(model, ids, mask, types, normalize=True)  # the encoder on the real tokens only
+    np.testing.assert_allclose(packed, ref_embeddings, rtol=0, atol=atol)
 
 
 def test_embed_cli_prints_sentence_transformers_similarities(minilm_dir):
