@@ -432,7 +432,8 @@ def _jobs_report(result: dict) -> list[str]:
         rates = enc["sentences_per_s"]
         lines += ["", "inference jobs with the library's defaults (set_num_threads(1): BLAS keeps its own threads)",
                   f"encoder: all-MiniLM-L6-v2-shaped BERT, {enc['sentences']} sentences ({enc['tokens']} tokens, "
-                  f"padded to {enc['padded_length']}), forward + mean-pool, no tokenizer"]
+                  f"padded to {enc['padded_length']}), mean-pooled embeddings, no tokenizer",
+                  "  ours: sentence_embeddings (the encoder on the real tokens, packed); transformers: the padded batch"]
         line = f"  sentences/s: nptransformer {rates['ours']:,.1f}"
         if "torch" in rates:
             line += (f", transformers {rates['torch']:,.1f}; ratio {rates['ours'] / rates['torch']:.3f} "
