@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import _checks
-from .backend import to_numpy
 from .grad_mode import no_grad
 from .pretrained import mean_pool
 
@@ -29,7 +28,8 @@ def sentence_embeddings(model: Any, input_ids: Any, attention_mask: Any, token_t
     packed. ``model``: a :class:`~nptransformer.BERT` (anything called as
     ``model(ids, types, mask, packed=True)`` -> (B, T, H)).
     ``attention_mask``: 1 (or True) for a real token, 0 for padding, left
-    or right padding alike; a row without a real token gets zeros.
+    or right padding alike; a row without a real token gets zeros (a batch
+    without any is refused by :class:`~nptransformer.nn.packing.Packing`).
     ``normalize``: unit L2 rows, so dot products are cosine similarities.
     """
     _checks.check_array("input_ids", input_ids)
@@ -37,8 +37,6 @@ def sentence_embeddings(model: Any, input_ids: Any, attention_mask: Any, token_t
     if input_ids.ndim != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(f"input_ids and attention_mask must both have shape (B, T), got {tuple(input_ids.shape)} "
                          f"and {tuple(attention_mask.shape)}")
-    if not (to_numpy(attention_mask) != 0).any():
-        raise ValueError("attention_mask has no real token in any row: nothing to embed")
     with no_grad():
         hidden = model(input_ids, token_type_ids, attention_mask, packed=True)  # (B, T, H), zeros at padding
         return mean_pool(hidden, attention_mask, normalize=normalize)

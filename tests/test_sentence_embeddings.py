@@ -101,7 +101,7 @@ def test_matches_transformers_padded_batch():
 @pytest.mark.parametrize("bad, match", [
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 4))), "attention_mask"),
     (dict(input_ids=np.zeros(3, dtype=np.int64), attention_mask=np.ones(3)), "shape \\(B, T\\)"),
-    (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.zeros((2, 3))), "no real token"),
+    (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.zeros((2, 3), dtype=np.int64)), "no real token"),
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 3)),
           token_type_ids=np.zeros((2, 2), dtype=np.int64)), "token_type_ids"),
     (dict(input_ids=np.zeros((2, 3), dtype=np.int64), attention_mask=np.ones((2, 3), dtype=np.int64),

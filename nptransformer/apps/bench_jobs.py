@@ -6,8 +6,8 @@
   short English sentences), padded to the longest, embedded without
   gradients and mean-pooled over the real tokens: ours by
   :func:`nptransformer.sentence_embeddings.sentence_embeddings` (the library's
-  embedding call, which runs groups of similar length), transformers' as
-  one padded batch. Tokenization is not timed (the two tokenizers are
+  embedding call, which runs the encoder on the real tokens only, packed),
+  transformers' as one padded batch. Tokenization is not timed (the two tokenizers are
   compared in docs/performance.md).
 - **Decode**: greedy generation with the KV cache on the bench's GPT: an
   8-token prompt and 64 new tokens, at batch 1 and batch 8, against

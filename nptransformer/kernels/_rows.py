@@ -127,12 +127,12 @@ def row_sums(x: Any) -> Any:
     0.02 ms against 0.07 for ``sum`` on (799, 384).
     """
     xp = get_array_module(x)
+    if backend_of(x) != "numpy":
+        return xp.sum(x, axis=-1, keepdims=True)
     ones = backend.full((x.shape[-1],), 1.0, like=x)
     if _serial_blas(x):
         return xp.expand_dims(x @ ones, axis=-1)
-    if backend_of(x) == "numpy":
-        return np.vecdot(x, ones)[..., None]
-    return xp.sum(x, axis=-1, keepdims=True)
+    return np.vecdot(x, ones)[..., None]
 
 
 def row_dots(a: Any, b: Any) -> Any:
