@@ -13,7 +13,7 @@ SMALL = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_he
              max_position_embeddings=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-@pytest.mark.parametrize("name", ["BERT.mlm", "BERT.pooler"])
+@pytest.mark.parametrize("name", ["BERT.mlm", "BERT.pooler", "BERT.packed"])
 def test_registered_checks_pass(name, backend_name):
     report = check_target("module", MODULE_CHECKS[name])
     report.raise_if_failed()

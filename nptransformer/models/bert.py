@@ -321,16 +321,18 @@ class BERTWithHead(Module):
 
 def _check(head: str) -> Any:
     def build(rng: Any) -> ModuleCheck:
-        # The MLM check is BERT as published (2 layers, exact GELU); the pooler one takes 1 layer and the tanh
-        # GELU, because the exact GELU's erf is slow under the strict backend (no native erf there).
+        # The MLM check is BERT as published (2 layers, exact GELU); the pooler and packed ones take 1 layer and
+        # the tanh GELU, because the exact GELU's erf is slow under the strict backend (no native erf there).
         mlm = head == "mlm"
         bert = BERT(vocab_size=9, hidden_size=4, num_hidden_layers=2 if mlm else 1, num_attention_heads=2,
                     intermediate_size=6, hidden_act="gelu" if mlm else "gelu_new", max_position_embeddings=6,
-                    initializer_range=0.5, add_pooling_layer=not mlm, add_mlm_head=mlm, dtype="float64")
+                    initializer_range=0.5, add_pooling_layer=head == "pooler", add_mlm_head=mlm, dtype="float64")
         # ids avoid pad_token_id 0: its row is frozen by convention, which finite differences do not know
         ids = backend.asarray(rng.integers(1, 9, size=(2, 5)))
         types = backend.asarray([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]], dtype="int64")
         mask = backend.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype="int64")
+        if head == "packed":  # the hidden states, the layers run on the 8 real tokens only
+            return ModuleCheck(bert, (ids, types, mask), kwargs={"packed": True}, wrt=())
         return ModuleCheck(BERTWithHead(bert, bert.mlm_head if mlm else bert.pooler), (ids, types, mask), wrt=())
 
     return build
@@ -338,3 +340,4 @@ def _check(head: str) -> Any:
 
 register_module_check("BERT.mlm", _check("mlm"))
 register_module_check("BERT.pooler", _check("pooler"))
+register_module_check("BERT.packed", _check("packed"))

@@ -10,6 +10,14 @@ the attention runs per sentence as usual, and :meth:`Packing.pack` takes the
 real positions out again. The results at real positions are those of the
 padded batch; padded positions are never computed.
 
+The backward needs no new formula: ``pack`` copies entries and ``unpack``
+copies them back beside zeros, so each is the other's transpose. For
+y = pack(x), dx = unpack(dy) (padding gets no gradient: it fed nothing);
+for y = unpack(x), dx = pack(dy) (the gradient at padding is dropped: the
+zeros there came from no input). MultiheadAttention's backward applies
+exactly these two (docs/pretrained.md; checked by the ``BERT.packed``
+gradient check and tests/test_sentence_embeddings.py).
+
 >>> import numpy as np
 >>> packing = Packing(np.array([[1, 1, 0], [1, 0, 0]]))
 >>> packing.num_tokens, packing.key_padding_mask.tolist()
