@@ -40,6 +40,25 @@ def test_a_fake_quant_linear_computes_what_the_int8_layer_will():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_the_largest_weight_and_input_of_each_row_keep_their_gradient():
+    # 1.4080487880847863 / (1.4080487880847863 / 127) rounds to 127.00000000000001: without care the largest
+    # entry would fall outside its own clip range and lose its gradient. Unrounded, clipping at +-max|.| is
+    # the identity, so the gradients are a plain Linear's.
+    big = 1.4080487880847863
+    weight = np.array([[big, 0.5, -0.25], [-0.3, -big, 0.1]])
+    x = np.array([[[0.2, -big, 0.7]], [[big, 0.0, -1.0]]])
+    plain = Linear(3, 2, dtype="float64")
+    plain.weight.data, plain.bias.data = weight.copy(), np.array([0.1, -0.2])
+    fake = FakeQuantLinear.from_linear(Linear(3, 2, dtype="float64"), rounding=False)
+    fake.weight.data, fake.bias.data = weight.copy(), np.array([0.1, -0.2])
+    dy = np.array([[[1.0, -2.0]], [[0.5, 3.0]]])
+    np.testing.assert_allclose(fake(x), plain(x), rtol=1e-14, atol=1e-15)  # x / s * s: within rounding of x
+    dx_fake, dx_plain = fake.backward(dy), plain.backward(dy)
+    np.testing.assert_allclose(dx_fake, dx_plain, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(fake.weight.grad, plain.weight.grad, rtol=1e-14, atol=1e-15)
+    assert fake.weight.grad[0, 0] != 0 and fake.weight.grad[1, 1] != 0 and dx_fake[0, 0, 1] != 0
+
+
 def test_prepare_qat_shares_parameters_trains_and_converts():
     model = GPT(11, 8, n_layer=1, n_head=2, d_model=16, generator=Generator(0))
     qat = prepare_qat(model, inplace=True)

@@ -11,6 +11,8 @@ turns each FakeQuantLinear into the INT8 layer it simulated.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from ..backend import get_array_module
@@ -22,10 +24,15 @@ from .quantized import qmax_for_bits, replace_linears
 
 
 def _max_abs_scale(a: Any, axis: int, qmax: int) -> Any:
-    """max |a| / qmax along ``axis`` (kept), 1 where that is 0: the symmetric grid's step."""
+    """max |a| / qmax along ``axis`` (kept), 1 where that is 0: the symmetric grid's step.
+
+    Rounded up by one unit in the last place where max |a| / step would come out above qmax: the
+    largest entry is then inside the clip range, as in exact arithmetic, and keeps its gradient.
+    """
     xp = get_array_module(a)
     amax = xp.max(xp.abs(a), axis=axis, keepdims=True)
-    return xp.where(amax > 0, amax / qmax, xp.ones_like(amax))
+    step = xp.where(amax > 0, amax / qmax, xp.ones_like(amax))
+    return xp.where(amax / step > qmax, xp.nextafter(step, xp.full_like(step, math.inf)), step)
 
 
 class FakeQuantLinear(Linear):
