@@ -20,8 +20,10 @@ threadpoolctl = pytest.importorskip("threadpoolctl", reason="the pool holds BLAS
 def test_every_op_layer_and_model_passes_the_gradient_check_with_every_array_split(name, kind, target, threads):
     # With 2 threads and every kernel's test settings every GEMM, elementwise chain and attention
     # product is cut into slabs (the serial run is test_ops_gradcheck's).
+    # 1e-5: a model's smallest gradients (a deep layer norm's gain, about 1e-4) carry finite-difference
+    # noise of about 1e-10, relative 1e-6; a wrong backward is off by far more.
     report = check_target(kind, target)
-    assert report.passed and report.max_rel < 1e-6, report.table()
+    assert report.passed and report.max_rel < 1e-5, report.table()
 
 
 @given(st.lists(st.integers(0, 10**6), min_size=0, max_size=40), st.integers(1, 4))

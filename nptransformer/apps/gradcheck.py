@@ -42,7 +42,11 @@ def _targets() -> Iterator[tuple[str, str, Any]]:
 
 def check_target(kind: str, target: Any, seed: int = 0) -> GradcheckReport:
     """Gradcheck one registered op spec, kernel (on its op's example, with its test settings, so that
-    every split and block is reached) or module-check builder on the current backend."""
+    every split and block is reached) or module-check builder on the current backend.
+
+    ``seed`` seeds the inputs and, through :func:`nptransformer.backend.manual_seed`, the layers' own
+    initialisation: a target's check is the same whatever ran before it."""
+    backend.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if kind in ("op", "kernel"):
         spec = OPS[target.op] if kind == "kernel" else target
