@@ -10,7 +10,7 @@ import pytest
 from nptransformer import backend
 from nptransformer.kernels import _gemm, _rows
 
-TINY_ROWS = {"block_elements": 6, "whole_elements": 0, "min_elements": 1}
+TINY_ROWS = {"block_elements": 6, "whole_elements": 0, "pooled_block_elements": 6, "min_elements": 1}
 
 
 def test_rowwise_stitches_tuples_and_a_short_last_block(threads):
@@ -23,9 +23,37 @@ def test_rowwise_stitches_tuples_and_a_short_last_block(threads):
 def test_split_rowwise_equals_the_expression_on_the_whole_array(threads, rng):
     x = rng.normal(size=(37, 5))
     y, s = _rows.rowwise(lambda r: (np.tanh(r), r.sum(axis=-1, keepdims=True)), x,
-                         settings={"block_elements": 8, "whole_elements": 8, "min_elements": 1})
+                         settings={"block_elements": 8, "whole_elements": 8, "pooled_block_elements": 12,
+                                   "min_elements": 1})
     np.testing.assert_array_equal(y, np.tanh(x))
     np.testing.assert_allclose(s, x.sum(axis=-1, keepdims=True), rtol=1e-14)
+
+
+def test_rowwise_writes_into_out_and_may_overwrite_its_input(threads, rng):
+    x = rng.normal(size=(23, 3))
+    want_y, want_s = np.exp(x), x.sum(axis=-1, keepdims=True)
+    calls = []
+
+    def body(r, out):
+        calls.append(len(r))
+        y, s = out
+        np.sum(r, axis=-1, keepdims=True, out=s)  # read r ...
+        np.exp(r, out=y)  # ... then write over it
+        return out
+
+    s = np.empty((23, 1))
+    y, total = _rows.rowwise(body, x, settings=TINY_ROWS, out=(x, s))
+    assert y is x and total is s
+    assert sum(calls) == 23 and max(calls) == 2  # blocks of 6 elements: 2 rows of 3, every row once
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_allclose(total, want_s, rtol=1e-14)
+
+
+def test_over_last_axis_writes_into_out(threads, rng):
+    x = rng.normal(size=(3, 5, 4))
+    out = np.empty((3, 5, 4))
+    assert _rows.over_last_axis(lambda r, out: np.multiply(r, 2.0, out=out), x, settings=TINY_ROWS, out=out) is out
+    np.testing.assert_array_equal(out, 2.0 * x)
 
 
 @pytest.mark.parametrize("shape", [(4,), (0, 3), (2, 0)])

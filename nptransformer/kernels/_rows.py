@@ -30,6 +30,12 @@ BLOCK_ELEMENTS = 1 << 16
 #: Arrays of at most this many elements (4 MiB of float32) are left whole: their temporaries
 #: stay in the last-level cache anyway, and splitting only adds calls (measured on layer norm).
 WHOLE_ELEMENTS = 1 << 20
+#: Elements per block when the rows are split over the pool's threads. Each NumPy operator hands the
+#: GIL back and forth between the threads, and taking it back after a short operator costs about as
+#: much as the operator: on two threads, a (2048, 1024) GELU with its slope took 5.1 ms in blocks of
+#: 64 Ki, 4.0 in blocks of 128 Ki (one thread in blocks of 64 Ki: 4.9), a (2048, 256) layer norm
+#: 0.66 ms forward against 0.94 in blocks of 64 Ki.
+POOLED_BLOCK_ELEMENTS = 1 << 17
 
 #: NumPy arrays below this many elements go to the reference: the block machinery costs more than
 #: it saves there (layer norm and softmax on (R, 256) float32 rows: the kernels were 6 to 11 us slower
@@ -38,8 +44,10 @@ REFERENCE_BELOW = 1 << 15
 
 #: The settings of every row-blocked kernel, and the small ones its tests use.
 ROW_SETTINGS = {"block_elements": BLOCK_ELEMENTS, "whole_elements": WHOLE_ELEMENTS,
-                "min_elements": parallel.MIN_ELEMENTS, "reference_below": REFERENCE_BELOW}
-ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "min_elements": 1, "reference_below": 0}
+                "pooled_block_elements": POOLED_BLOCK_ELEMENTS, "min_elements": parallel.MIN_ELEMENTS,
+                "reference_below": REFERENCE_BELOW}
+ROW_TEST_SETTINGS = {"block_elements": 8, "whole_elements": 0, "pooled_block_elements": 8, "min_elements": 1,
+                     "reference_below": 0}
 
 
 class RowKernel(Kernel):
@@ -58,7 +66,7 @@ class RowKernel(Kernel):
         return name == "cupy" or (name == "numpy" and x.size >= self.settings["reference_below"])
 
 
-def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, width: int = 0) -> Any:
+def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, out: Any = None) -> Any:
     """``fn(*arrays)``, computed on blocks of leading-axis rows and stitched back together.
 
     Every array in ``arrays`` must have the same leading length R; ``fn``
@@ -66,49 +74,76 @@ def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, width: int = 0
     of its inputs and whose row r depends only on row r of the inputs.
     Arguments that broadcast (a (C,) weight) belong in ``fn``'s closure.
     With :func:`nptransformer.set_num_threads` above 1, the rows are first cut
-    into one slab per thread and the slabs computed at once. ``width``: the
-    elements per row of fn's widest output when it is wider than the inputs
-    (a product that widens the rows); blocks are sized by the widest rows.
-    ``settings``: ``block_elements``, ``whole_elements``, ``min_elements``
-    (:data:`ROW_SETTINGS`).
+    into one slab per thread and the slabs computed at once. ``out``: the result's arrays (R, ...), allocated by the caller, or None;
+    given, ``fn`` is called as ``fn(*blocks, out=...)`` with the same rows
+    of ``out`` (an array, or a tuple of them, as ``out`` is) and must write
+    its results there: no block is copied twice, and an output may be an
+    input's own memory when ``fn`` reads that input before writing it
+    (on array_api_strict, whose functions take no ``out=``, ``fn`` returns
+    its results and they are copied into ``out``).
+    ``settings``: ``block_elements``, ``whole_elements``,
+    ``pooled_block_elements``, ``min_elements`` (:data:`ROW_SETTINGS`).
     """
     R = arrays[0].shape[0]
-    row_elements = max([math.prod(a.shape[1:]) for a in arrays] + [width]) or 1
+    row_elements = max(math.prod(a.shape[1:]) for a in arrays) or 1
     name = backend_of(arrays[0])
     parts = parallel.slabs(R, R * row_elements, settings["min_elements"]) if name == "numpy" else [(0, R)]
-    slab_elements = -(-R // len(parts)) * row_elements
-    rows = R if slab_elements <= settings["whole_elements"] else max(1, settings["block_elements"] // row_elements)
+    if len(parts) > 1:
+        rows = max(1, settings["pooled_block_elements"] // row_elements)
+    elif R * row_elements <= settings["whole_elements"]:
+        rows = R
+    else:
+        rows = max(1, settings["block_elements"] // row_elements)
+    if out is not None and name == "strict":  # array_api_strict's functions take no out=: fn returns, we copy
+        results = rowwise(fn, *arrays, settings=settings)
+        for o, r in zip(out if isinstance(out, tuple) else (out,), results if isinstance(out, tuple) else (results,)):
+            o[...] = r
+        return out
     if name == "cupy" or (len(parts) == 1 and rows >= R):
-        return fn(*arrays)
-    first = fn(*(a[:1, ...] for a in arrays))  # the first row sizes the outputs
-    tuple_out = isinstance(first, tuple)
-    outs = tuple(get_array_module(p).empty((R,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
-                 for p in (first if tuple_out else (first,)))
-    for out, p in zip(outs, first if tuple_out else (first,)):
-        out[:1, ...] = p
+        return fn(*arrays) if out is None else fn(*arrays, out=out)
+    tuple_out = isinstance(out, tuple)
+    if out is None:
+        first = fn(*(a[:1, ...] for a in arrays))  # the first row sizes the outputs
+        tuple_out = isinstance(first, tuple)
+        outs = tuple(get_array_module(p).empty((R,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
+                     for p in (first if tuple_out else (first,)))
+        for o, p in zip(outs, first if tuple_out else (first,)):
+            o[:1, ...] = p
+        begin = 1
+    else:
+        outs, begin = (out if tuple_out else (out,)), 0
 
     def compute(start: int, stop: int) -> None:
-        for lo in range(max(start, 1), stop, rows):
+        for lo in range(max(start, begin), stop, rows):
             hi = min(lo + rows, stop)
-            block = fn(*(a[lo:hi, ...] for a in arrays))
-            for out, p in zip(outs, block if tuple_out else (block,)):
-                out[lo:hi, ...] = p
+            blocks = tuple(a[lo:hi, ...] for a in arrays)
+            if out is not None:
+                fn(*blocks, out=tuple(o[lo:hi, ...] for o in outs) if tuple_out else outs[0][lo:hi, ...])
+                continue
+            block = fn(*blocks)
+            for o, p in zip(outs, block if tuple_out else (block,)):
+                o[lo:hi, ...] = p
 
     parallel.run(compute, parts)
     return outs if tuple_out else outs[0]
 
 
-def over_last_axis(fn: Callable[..., Any], *arrays: Any, settings: dict) -> Any:
+def over_last_axis(fn: Callable[..., Any], *arrays: Any, settings: dict, out: Any = None) -> Any:
     """:func:`rowwise` for row-wise ops on arrays (..., n): the leading axes are flattened into rows.
 
     Every array has the same leading shape (...); ``fn`` gets 2-D blocks (r, n)
-    and returns (r, m) arrays, reshaped back to (..., m).
+    and returns (r, m) arrays, reshaped back to (..., m). ``out``: C-contiguous
+    (..., m) arrays for ``fn`` to write into, as :func:`rowwise` takes them.
     """
     if arrays[0].ndim < 2 or any(a.shape[-1] == 0 for a in arrays):
-        return fn(*arrays)
+        return fn(*arrays) if out is None else fn(*arrays, out=out)
     xp = get_array_module(*arrays)
     lead = tuple(arrays[0].shape[:-1])
     rows = [xp.reshape(a, (-1, a.shape[-1])) for a in arrays]
+    if out is not None:
+        flat = tuple(xp.reshape(o, (-1, o.shape[-1])) for o in (out if isinstance(out, tuple) else (out,)))
+        rowwise(fn, *rows, settings=settings, out=flat if isinstance(out, tuple) else flat[0])
+        return out
     out = rowwise(fn, *rows, settings=settings)
     parts = out if isinstance(out, tuple) else (out,)
     parts = tuple(xp.reshape(p, lead + (p.shape[-1],)) for p in parts)

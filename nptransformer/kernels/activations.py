@@ -58,6 +58,12 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def _into(op: Any, *args: Any, out: Any) -> Any:
+    """``op(*args)`` written into ``out``, or a fresh array when out is None (the only case on
+    array_api_strict, whose functions take no ``out=``: :func:`._rows.rowwise` never passes it one)."""
+    return op(*args) if out is None else op(*args, out=out)
+
+
 def _tanh_of_u(x: Any, x2: Any) -> Any:
     """t = tanh(u) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x (c + c a x^2) from x2 = x^2."""
     u = x2 * (_SQRT_2_OVER_PI * GELU_CUBIC)
@@ -66,17 +72,19 @@ def _tanh_of_u(x: Any, x2: Any) -> Any:
     return get_array_module(x).tanh(u)
 
 
-def _gelu_tanh(x: Any) -> Any:
+def _gelu_tanh(x: Any, out: Any = None) -> Any:
     t = _tanh_of_u(x, x * x)
     t += 1.0
-    t *= x
-    t *= 0.5  # y = x (1 + t) / 2
-    return t
+    y = _into(get_array_module(x).multiply, t, x, out=out)
+    y *= 0.5  # y = x (1 + t) / 2
+    return y
 
 
-def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
+def _gelu_tanh_and_slope(x: Any, out: Any = None) -> tuple[Any, Any]:
     # gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) du/dx, and 1 - t^2 = (1 - t)(1 + t), so
     # gelu'(x) = (1 + t)/2 * (1 + x du/dx (1 - t)),  du/dx = c (1 + 3 a x^2).
+    xp = get_array_module(x)
+    y_out, slope_out = (None, None) if out is None else out
     x2 = x * x
     t = _tanh_of_u(x, x2)
     slope = x2 * (3.0 * _SQRT_2_OVER_PI * GELU_CUBIC)
@@ -86,10 +94,10 @@ def _gelu_tanh_and_slope(x: Any) -> tuple[Any, Any]:
     slope += 1.0
     t += 1.0
     slope *= t
-    slope *= 0.5
-    t *= x
-    t *= 0.5  # y = x (1 + t) / 2
-    return t, slope
+    slope = _into(xp.multiply, slope, 0.5, out=slope_out)
+    y = _into(xp.multiply, t, x, out=y_out)  # x is read for the last time: y may be written over it
+    y *= 0.5  # y = x (1 + t) / 2
+    return y, slope
 
 
 def _normal_tail(x: Any) -> tuple[Any, Any, Any]:
@@ -115,61 +123,76 @@ def _numpy_float32(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == np.float32
 
 
-def _gelu_from_tail(x: Any, a: Any, tail: Any) -> Any:
-    """x Phi(x) = max(x, 0) - a Phi(-a), a = |x|: no branch on x's sign (np.where on a mask that flips
-    at random ran 15 times slower than an arithmetic pass here)."""
-    y = np.maximum(x, 0.0)
-    y -= a * tail
+def _gelu_from_tail(x: Any, a_tail: Any, out: Any = None) -> Any:
+    """x Phi(x) = max(x, 0) - a Phi(-a), a = |x|, from a_tail = a Phi(-a): no branch on x's sign (np.where
+    on a mask that flips at random ran 15 times slower than an arithmetic pass here)."""
+    y = _into(np.maximum, x, 0.0, out=out)
+    y -= a_tail
     return y
 
 
-def _gelu_exact(x: Any) -> Any:
+def _gelu_exact(x: Any, out: Any = None) -> Any:
     if _numpy_float32(x):
         a, tail, _ = _normal_tail(x)
-        return _gelu_from_tail(x, a, tail)
-    return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
+        tail *= a
+        return _gelu_from_tail(x, tail, out)
+    cdf = erf(x * _SQRT_HALF)
+    cdf += 1.0
+    y = _into(get_array_module(x).multiply, cdf, x, out=out)
+    y *= 0.5
+    return y
 
 
-def _gelu_exact_and_slope(x: Any) -> tuple[Any, Any]:
+def _gelu_exact_and_slope(x: Any, out: Any = None) -> tuple[Any, Any]:
     xp = get_array_module(x)
+    y_out, slope_out = (None, None) if out is None else out
     if _numpy_float32(x):
         a, tail, slope = _normal_tail(x)  # slope holds exp(-x^2/2) so far
-        y = _gelu_from_tail(x, a, tail)
+        a *= tail  # a Phi(-a), for y
         cdf = np.copysign(0.5, x)
         cdf += 0.5  # the step: 1 for x >= +0, 0 for x <= -0
         cdf -= np.copysign(tail, x, out=tail)  # Phi(x): 1 - tail above 0, 0 + tail (exact) below
         slope *= _INV_SQRT_2PI
         slope *= x
-        slope += cdf  # Phi(x) + x phi(x)
-        return y, slope
-    cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
+        slope = _into(np.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
+        return _gelu_from_tail(x, a, y_out), slope  # x is read for the last time: y may be written over it
+    cdf = erf(x * _SQRT_HALF)
+    cdf += 1.0
+    cdf *= 0.5
     slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
     slope *= x
-    slope += cdf  # Phi(x) + x phi(x)
-    cdf *= x  # y = x Phi(x)
-    return cdf, slope
+    slope = _into(xp.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
+    return _into(xp.multiply, cdf, x, out=y_out), slope  # y = x Phi(x)
 
 
-def _relu(x: Any) -> Any:
-    return _relu_and_mask(x)[0]
+def _relu(x: Any, out: Any = None) -> Any:
+    return _into(get_array_module(x).maximum, x, 0.0, out=out)  # NaN stays NaN (the reference's rule)
 
 
-def _relu_and_mask(x: Any) -> tuple[Any, Any]:
+def _relu_and_mask(x: Any, out: Any = None) -> tuple[Any, Any]:
     xp = get_array_module(x)
-    mask = x > 0
-    return xp.where(mask | xp.isnan(x), x, 0.0), mask  # NaN stays NaN (the reference's rule)
+    y_out, mask_out = (None, None) if out is None else out
+    mask = _into(xp.greater, x, 0.0, out=mask_out)
+    return _relu(x, y_out), mask  # the mask first: y may be written over x
 
 
-def _relu_grad(dy: Any, mask: Any) -> Any:
-    return get_array_module(dy).where(mask, dy, 0.0)
+def _relu_grad(dy: Any, mask: Any, out: Any = None) -> Any:
+    xp = get_array_module(dy)
+    dx = xp.where(mask, dy, 0.0)  # where, not dy * mask: an infinite dy at a zero of the mask gives 0
+    if out is None:
+        return dx
+    out[...] = dx
+    return out
 
 
-def _times(dy: Any, slope: Any) -> Any:
-    return dy * slope
+def _times(dy: Any, slope: Any, out: Any = None) -> Any:
+    return _into(get_array_module(dy).multiply, dy, slope, out=out)
 
 
 #: The activations as bodies for one block of rows: name -> (value(x), value_and_saved(x) -> (y, saved),
-#: grad(dy, saved) -> dx); what is saved is ReLU's mask x > 0 or GELU's slope gelu'(x), x's shape.
+#: grad(dy, saved) -> dx); what is saved is ReLU's mask x > 0 or GELU's slope gelu'(x), x's shape. Each
+#: takes ``out`` (an array, or the (y, saved) pair) to write its results into, as :func:`._rows.rowwise`
+#: passes it; y's out may be x itself.
 ACTIVATION_BLOCKS = {
     "relu": (_relu, _relu_and_mask, _relu_grad),
     "gelu": (_gelu_exact, _gelu_exact_and_slope, _times),
@@ -202,9 +225,11 @@ class GeluSlope(RowKernel):
         xp = get_array_module(x)
         value, value_and_slope, _ = ACTIVATION_BLOCKS["gelu_tanh" if approximate == "tanh" else "gelu"]
         flat = xp.reshape(x, (-1,))  # (N,): every entry is a row of its own
+        y = xp.empty_like(flat)
         if not is_grad_enabled():
-            return xp.reshape(rowwise(value, flat, settings=self.settings), tuple(x.shape)), None
-        y, slope = rowwise(value_and_slope, flat, settings=self.settings)
+            return xp.reshape(rowwise(value, flat, settings=self.settings, out=y), tuple(x.shape)), None
+        slope = xp.empty_like(flat)
+        rowwise(value_and_slope, flat, settings=self.settings, out=(y, slope))
         return xp.reshape(y, tuple(x.shape)), xp.reshape(slope, tuple(x.shape))
 
     def backward(self, dy: Any, slope: Any) -> Any:
@@ -213,7 +238,9 @@ class GeluSlope(RowKernel):
         if slope.ndim == 0:  # a single entry, and dy may be a Python number
             return dy * slope
         xp = get_array_module(dy)
-        dx = rowwise(_times, xp.reshape(dy, (-1,)), xp.reshape(slope, (-1,)), settings=self.settings)
+        flat = xp.reshape(dy, (-1,))
+        dx = xp.empty(flat.shape, dtype=xp.result_type(flat, slope), device=flat.device)
+        rowwise(_times, flat, xp.reshape(slope, (-1,)), settings=self.settings, out=dx)
         return xp.reshape(dx, tuple(slope.shape))
 
 

@@ -1,20 +1,23 @@
-"""``linear_activation.fused``: the feed-forward's widening product and its activation, h never stored whole.
+"""``linear_activation.fused``: the feed-forward's widening product and its activation, y written over h.
 
 A Transformer's feed-forward widens each token to 4C: h = x W^T + b is the
-widest activation inside a block, (B*T, 4C). Computed as two ops, h is
-written to memory by the product and read straight back by the activation.
-With :func:`nptransformer.set_num_threads` above 1 this kernel gives each
-thread a slab of rows, and each thread computes its slab's h block by block,
-applying the activation while the block is still in the cache: h is never
-stored whole, only y and what the activation's backward needs (ReLU's mask,
-GELU's slope), and one thread's product runs beside another's activation
-(NumPy releases the GIL inside BLAS). On one thread, with BLAS using its own
-threads, the product is one GEMM (BLAS wants it whole: 64-row blocks made
-its threads meet once per block, and the step slower) and the activation
-runs after it in cache-sized row blocks (:func:`._rows.rowwise`).
+widest activation inside a block, (B*T, 4C). The reference computes h, then
+y = act(h) as a fresh array, then what the backward needs. This kernel
+computes h as one product (split over the pool's threads by
+:func:`._gemm.matmul` when :func:`nptransformer.set_num_threads` is above 1),
+then walks it in row blocks (:func:`._rows.rowwise`, the blocks shared among
+the threads), each block's activation computing y and what the backward
+needs (ReLU's mask, GELU's slope) together and writing y over the block of
+h it has just read: no second (B*T, 4C) array for y.
 
-The backward does the same with dh = dy * act'(h) when the work is split:
-each thread walks its slab in blocks of rows, and each block's dh goes
+Computing h a block of rows at a time inside each thread, so that the
+activation found the block in the cache, was slower on the bench's GPT:
+the (64, C) @ (C, 4C) products ran at two thirds of the whole product's
+rate, more than the cache saved (283 against 274 ms a training step,
+alternating steps in one process).
+
+The backward computes dh = dy * act'(h) in blocks, and when the work is
+split each thread walks its slab in blocks of rows, each block's dh going
 straight into its rows of dx and into the slab's partial dW and db; the
 slabs' partials are summed in slab order.
 
@@ -41,6 +44,7 @@ from ..backend import backend_of, get_array_module
 from ..functional.linear_activation import check_linear_activation_inputs
 from ..grad_mode import is_grad_enabled
 from .. import _checks
+from ._gemm import matmul
 from ._rows import RowKernel, rowwise
 from .activations import ACTIVATION_BLOCKS, ACTIVATION_SETTINGS, ACTIVATION_TEST_SETTINGS, takes_kernel
 from .dispatch import register_kernel
@@ -51,17 +55,17 @@ BACKWARD_BLOCK = 1 << 18
 
 
 class FusedLinearActivation(RowKernel):
-    """y = act(x W^T + b) with h computed and activated a block of rows at a time.
+    """y = act(x W^T + b): h as one product, then activated in row blocks, y written over h.
 
-    Applies to every CuPy call (the product and the activation run whole,
-    the activation as :data:`.activations.ACTIVATION_BLOCKS`' in-place
-    bodies) and to NumPy calls whose h (B*T, C_out) is large enough for
+    Applies to every CuPy call (the activation runs whole, as
+    :data:`.activations.ACTIVATION_BLOCKS`' bodies) and to NumPy calls whose h (B*T, C_out) is large enough for
     :func:`.activations.takes_kernel`. Shapes as :func:`nptransformer.functional.linear_activation_forward`;
     saves x, weight and the activation's saved array (ReLU's mask or GELU's
     slope, (..., C_out)); under :func:`~nptransformer.no_grad` only y is
     computed and the context is None. Settings: ``block_elements``,
-    ``whole_elements``, ``min_elements`` of :func:`._rows.rowwise` (the
-    forward's blocks and slabs, sized by the width of h), the thresholds of
+    ``whole_elements``, ``pooled_block_elements``, ``min_elements`` of
+    :func:`._rows.rowwise` (the activation's blocks and slabs over h; the
+    product splits from ``min_elements`` outputs), the thresholds of
     :data:`.activations.ACTIVATION_SETTINGS`, and ``backward_block``, the
     elements of dh per block of the threaded backward.
     """
@@ -81,26 +85,17 @@ class FusedLinearActivation(RowKernel):
         check_linear_activation_inputs(x, weight, bias, activation)
         xp = get_array_module(x, weight, bias)
         value, value_and_saved, _ = ACTIVATION_BLOCKS[activation]
-        w_t, c_out = xp.matrix_transpose(weight), weight.shape[0]
-        keep = is_grad_enabled()  # read here: the blocks may run on the pool's threads
-        act = value_and_saved if keep else value
-
-        def product(rows: Any) -> Any:
-            h = rows @ w_t  # (r, C_in) @ (C_in, C_out)
-            if bias is not None:
-                h += bias
-            return h
-
         x2 = xp.reshape(x, (-1, x.shape[-1]))
-        if parallel.get_num_threads() > 1 and backend_of(x) == "numpy":
-            out = rowwise(lambda rows: act(product(rows)), x2, settings=self.settings, width=c_out)
-        else:
-            out = rowwise(act, product(x2), settings=self.settings)
-        lead = tuple(x.shape[:-1]) + (c_out,)
-        if not keep:
-            return xp.reshape(out, lead), None
-        y, saved = out
-        return xp.reshape(y, lead), (x, weight, bias is not None, activation, xp.reshape(saved, lead))
+        h = matmul(x2, xp.matrix_transpose(weight), bias, self.settings["min_elements"])  # (B*T, C_out)
+        lead = tuple(x.shape[:-1]) + (weight.shape[0],)
+        # The activation writes y over h, a block of rows at a time (each block is read before it is written).
+        if not is_grad_enabled():
+            return xp.reshape(rowwise(value, h, settings=self.settings, out=h), lead), None
+        # What the backward needs: ReLU's mask (array_api_strict takes only its own bool) or GELU's slope.
+        mask_dtype = getattr(xp, "bool", np.bool_)
+        saved = xp.empty(h.shape, dtype=mask_dtype if activation == "relu" else h.dtype, device=h.device)
+        rowwise(value_and_saved, h, settings=self.settings, out=(h, saved))
+        return xp.reshape(h, lead), (x, weight, bias is not None, activation, xp.reshape(saved, lead))
 
     def backward(self, dy: Any, ctx: Any) -> tuple[Any, Any, Any]:
         if ctx is None:

@@ -7,9 +7,9 @@ activation and projected back, independently of the other tokens:
     y = dropout(h) W2^T + b2      # (B, T, F) -> (B, T, C)
 
 Given the activation by name, linear1 applies it itself
-(``linear1(x, activation=...)``): one op, whose kernel computes the
-(B, T, F) pre-activation block by block and never stores it whole
-(docs/ops/linear_activation.md). Given a Module, the activation runs as
+(``linear1(x, activation=...)``): one op, whose kernel writes the
+activation over the (B, T, F) pre-activation a block of rows at a time,
+with what its backward needs (docs/ops/linear_activation.md). Given a Module, the activation runs as
 that module after linear1.
 
 >>> import numpy as np
