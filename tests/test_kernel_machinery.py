@@ -66,6 +66,9 @@ def test_row_and_column_sums_match_numpy(threads, rng):
     x = rng.normal(size=(6, 7, 9))
     np.testing.assert_allclose(_rows.row_sums(x), x.sum(axis=-1, keepdims=True), rtol=1e-12)
     np.testing.assert_allclose(_rows.column_sums(x), x.sum(axis=(0, 1)), rtol=1e-12)
+    y = rng.normal(size=x.shape)
+    np.testing.assert_allclose(_rows.column_dots(x, y), (x * y).sum(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(_rows.row_dots(x, y), (x * y).sum(axis=-1, keepdims=True), rtol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(64, 8, 16), (8, 16, 64), (8, 64, 16)], ids=["rows", "columns", "inner"])

@@ -30,7 +30,7 @@ from .. import _checks
 from ..backend import backend_of, erf, erfcx, get_array_module
 from ..functional.activations import GELU_CUBIC, check_gelu_inputs
 from ..grad_mode import is_grad_enabled
-from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, RowKernel, rowwise
+from ._rows import ROW_SETTINGS, ROW_TEST_SETTINGS, RowKernel, into, rowwise
 from .dispatch import register_kernel
 
 #: float32 exact GELU on NumPy takes the kernel from this many elements on: the reference's erf computes in
@@ -58,12 +58,6 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _into(op: Any, *args: Any, out: Any) -> Any:
-    """``op(*args)`` written into ``out``, or a fresh array when out is None (the only case on
-    array_api_strict, whose functions take no ``out=``: :func:`._rows.rowwise` never passes it one)."""
-    return op(*args) if out is None else op(*args, out=out)
-
-
 def _tanh_of_u(x: Any, x2: Any) -> Any:
     """t = tanh(u) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x (c + c a x^2) from x2 = x^2."""
     u = x2 * (_SQRT_2_OVER_PI * GELU_CUBIC)
@@ -75,7 +69,7 @@ def _tanh_of_u(x: Any, x2: Any) -> Any:
 def _gelu_tanh(x: Any, out: Any = None) -> Any:
     t = _tanh_of_u(x, x * x)
     t += 1.0
-    y = _into(get_array_module(x).multiply, t, x, out=out)
+    y = into(get_array_module(x).multiply, t, x, out=out)
     y *= 0.5  # y = x (1 + t) / 2
     return y
 
@@ -94,8 +88,8 @@ def _gelu_tanh_and_slope(x: Any, out: Any = None) -> tuple[Any, Any]:
     slope += 1.0
     t += 1.0
     slope *= t
-    slope = _into(xp.multiply, slope, 0.5, out=slope_out)
-    y = _into(xp.multiply, t, x, out=y_out)  # x is read for the last time: y may be written over it
+    slope = into(xp.multiply, slope, 0.5, out=slope_out)
+    y = into(xp.multiply, t, x, out=y_out)  # x is read for the last time: y may be written over it
     y *= 0.5  # y = x (1 + t) / 2
     return y, slope
 
@@ -126,7 +120,7 @@ def _numpy_float32(x: Any) -> bool:
 def _gelu_from_tail(x: Any, a_tail: Any, out: Any = None) -> Any:
     """x Phi(x) = max(x, 0) - a Phi(-a), a = |x|, from a_tail = a Phi(-a): no branch on x's sign (np.where
     on a mask that flips at random ran 15 times slower than an arithmetic pass here)."""
-    y = _into(np.maximum, x, 0.0, out=out)
+    y = into(np.maximum, x, 0.0, out=out)
     y -= a_tail
     return y
 
@@ -138,7 +132,7 @@ def _gelu_exact(x: Any, out: Any = None) -> Any:
         return _gelu_from_tail(x, tail, out)
     cdf = erf(x * _SQRT_HALF)
     cdf += 1.0
-    y = _into(get_array_module(x).multiply, cdf, x, out=out)
+    y = into(get_array_module(x).multiply, cdf, x, out=out)
     y *= 0.5
     return y
 
@@ -154,25 +148,25 @@ def _gelu_exact_and_slope(x: Any, out: Any = None) -> tuple[Any, Any]:
         cdf -= np.copysign(tail, x, out=tail)  # Phi(x): 1 - tail above 0, 0 + tail (exact) below
         slope *= _INV_SQRT_2PI
         slope *= x
-        slope = _into(np.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
+        slope = into(np.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
         return _gelu_from_tail(x, a, y_out), slope  # x is read for the last time: y may be written over it
     cdf = erf(x * _SQRT_HALF)
     cdf += 1.0
     cdf *= 0.5
     slope = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # the density phi(x)
     slope *= x
-    slope = _into(xp.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
-    return _into(xp.multiply, cdf, x, out=y_out), slope  # y = x Phi(x)
+    slope = into(xp.add, slope, cdf, out=slope_out)  # Phi(x) + x phi(x)
+    return into(xp.multiply, cdf, x, out=y_out), slope  # y = x Phi(x)
 
 
 def _relu(x: Any, out: Any = None) -> Any:
-    return _into(get_array_module(x).maximum, x, 0.0, out=out)  # NaN stays NaN (the reference's rule)
+    return into(get_array_module(x).maximum, x, 0.0, out=out)  # NaN stays NaN (the reference's rule)
 
 
 def _relu_and_mask(x: Any, out: Any = None) -> tuple[Any, Any]:
     xp = get_array_module(x)
     y_out, mask_out = (None, None) if out is None else out
-    mask = _into(xp.greater, x, 0.0, out=mask_out)
+    mask = into(xp.greater, x, 0.0, out=mask_out)
     return _relu(x, y_out), mask  # the mask first: y may be written over x
 
 
@@ -186,7 +180,7 @@ def _relu_grad(dy: Any, mask: Any, out: Any = None) -> Any:
 
 
 def _times(dy: Any, slope: Any, out: Any = None) -> Any:
-    return _into(get_array_module(dy).multiply, dy, slope, out=out)
+    return into(get_array_module(dy).multiply, dy, slope, out=out)
 
 
 #: The activations as bodies for one block of rows: name -> (value(x), value_and_saved(x) -> (y, saved),

@@ -3,12 +3,14 @@
 The reference evaluates each operator over the whole (..., C) array. These
 kernels cut the rows into blocks (:func:`._rows.over_last_axis`; with
 :func:`nptransformer.set_num_threads` above 1, first one slab of rows per
-thread), normalise in place, and take the row sums as :func:`._rows.row_sums`
-and :func:`._rows.row_dots` do (the variance's sum of squares without the
-squares); the weight and bias gradients are
-:func:`._rows.column_sums`. Arrays of up to ``whole_elements`` are left
-whole (on the (2048, 256) layer-norm input of the default config the split
-only added calls).
+thread), write each block's results straight into the output arrays
+(``out=``: nothing is copied twice), normalise in place, and take the row
+sums as :func:`._rows.row_sums` and :func:`._rows.row_dots` do (the
+variance's sum of squares without the squares); the gain's gradient is
+:func:`._rows.column_dots` (the sum of dy * xhat without the product), the
+bias's :func:`._rows.column_sums`. On the bench's (2048, 256) float32 layer
+norm with two threads: forward 0.79-0.84 ms against 0.99 when each block's
+results were copied into place, backward 1.15-1.18 against 1.38.
 
 >>> import numpy as np
 >>> y, ctx = LayerNormRows().forward(np.array([[1.0, 3.0]]), eps=0.0)
@@ -22,50 +24,75 @@ from typing import Any
 
 from ..backend import get_array_module
 from ..functional.normalization import check_norm_inputs
-from ._rows import RowKernel, column_sums, over_last_axis, row_dots, row_sums
+from ._rows import RowKernel, column_dots, column_sums, into, over_last_axis, row_dots, row_sums
 from .dispatch import register_kernel
 
 
-def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
-    """Rows x (r, C) -> (y, xhat, rstd (r, 1))."""
+def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float, out: Any = None) -> tuple[Any, Any, Any]:
+    """Rows x (r, C) -> (y, xhat, rstd (r, 1)), into ``out`` = (y, xhat, rstd) when given."""
     xp = get_array_module(x)
+    y_out, xhat_out, rstd_out = (None, None, None) if out is None else out
     n = x.shape[-1]
-    xc = x - row_sums(x) / n
-    rstd = 1.0 / xp.sqrt(row_dots(xc, xc) / n + eps)
+    xc = into(xp.subtract, x, row_sums(x) / n, out=xhat_out)
+    var = row_dots(xc, xc)
+    var /= n
+    var += eps
+    rstd = into(xp.divide, 1.0, xp.sqrt(var), out=rstd_out)
     xc *= rstd  # now xhat
-    if weight is None:
-        return (xc if bias is None else xc + bias), xc, rstd
-    y = xc * weight
-    if bias is not None:
+    if weight is None and bias is None:
+        if y_out is None:
+            return xc, xc, rstd
+        y_out[...] = xc
+        return y_out, xc, rstd
+    y = into(xp.multiply, xc, weight, out=y_out) if weight is not None else into(xp.add, xc, bias, out=y_out)
+    if weight is not None and bias is not None:
         y += bias
     return y, xc, rstd
 
 
-def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
+def _layer_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any, out: Any = None) -> Any:
+    xp = get_array_module(dy)
     n = dy.shape[-1]
     g = dy if weight is None else dy * weight
     mean_g = row_sums(g) / n
     mean_gx = row_dots(g, xhat) / n
-    dx = g - mean_g  # a fresh array even when g is dy
+    dx = into(xp.subtract, g, mean_g, out=out)  # a fresh array (or out) even when g is dy
     dx -= xhat * mean_gx
     dx *= rstd
     return dx
 
 
-def _rms_norm_rows(x: Any, weight: Any, eps: float) -> tuple[Any, Any, Any]:
-    """Rows x (r, C) -> (y, xhat, rstd (r, 1))."""
+def _rms_norm_rows(x: Any, weight: Any, eps: float, out: Any = None) -> tuple[Any, Any, Any]:
+    """Rows x (r, C) -> (y, xhat, rstd (r, 1)), into ``out`` = (y, xhat, rstd) when given."""
     xp = get_array_module(x)
-    rstd = 1.0 / xp.sqrt(row_dots(x, x) / x.shape[-1] + eps)
-    xhat = x * rstd
-    return (xhat if weight is None else xhat * weight), xhat, rstd
+    y_out, xhat_out, rstd_out = (None, None, None) if out is None else out
+    var = row_dots(x, x)
+    var /= x.shape[-1]
+    var += eps
+    rstd = into(xp.divide, 1.0, xp.sqrt(var), out=rstd_out)
+    xhat = into(xp.multiply, x, rstd, out=xhat_out)
+    if weight is not None:
+        return into(xp.multiply, xhat, weight, out=y_out), xhat, rstd
+    if y_out is None:
+        return xhat, xhat, rstd
+    y_out[...] = xhat
+    return y_out, xhat, rstd
 
 
-def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any) -> Any:
+def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any, out: Any = None) -> Any:
+    xp = get_array_module(dy)
     g = dy if weight is None else dy * weight
-    dx = xhat * (row_dots(g, xhat) / g.shape[-1])
+    dx = into(xp.multiply, xhat, row_dots(g, xhat) / g.shape[-1], out=out)
     dx -= g
     dx *= -rstd  # rstd (g - xhat mean(g xhat))
     return dx
+
+
+def _outputs(x: Any, *extra: int) -> tuple:
+    """Empty arrays for a norm's results: x's shape and dtype for each 0 in ``extra``, (..., 1) for each 1."""
+    xp = get_array_module(x)
+    return tuple(xp.empty(tuple(x.shape[:-1]) + ((1,) if column else (x.shape[-1],)), dtype=x.dtype,
+                          device=x.device) for column in extra)
 
 
 class LayerNormRows(RowKernel):
@@ -83,15 +110,15 @@ class LayerNormRows(RowKernel):
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> tuple[Any, tuple]:
         check_norm_inputs(x, weight, bias, eps)
-        y, xhat, rstd = over_last_axis(lambda rows: _layer_norm_rows(rows, weight, bias, eps), x,
-                                       settings=self.settings)
+        y, xhat, rstd = over_last_axis(lambda rows, out=None: _layer_norm_rows(rows, weight, bias, eps, out), x,
+                                       settings=self.settings, out=_outputs(x, 0, 0, 1))
         return y, (xhat, rstd, weight, bias is not None)
 
     def backward(self, dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
         xhat, rstd, weight, has_bias = ctx
-        dx = over_last_axis(lambda d, xh, r: _layer_norm_grad_rows(d, xh, r, weight), dy, xhat, rstd,
-                            settings=self.settings)
-        dweight = None if weight is None else column_sums(dy * xhat)
+        dx = over_last_axis(lambda d, xh, r, out=None: _layer_norm_grad_rows(d, xh, r, weight, out), dy, xhat, rstd,
+                            settings=self.settings, out=_outputs(dy, 0)[0])
+        dweight = None if weight is None else column_dots(dy, xhat)
         dbias = column_sums(dy) if has_bias else None
         return dx, dweight, dbias
 
@@ -113,14 +140,15 @@ class RMSNormRows(RowKernel):
         check_norm_inputs(x, weight, None, eps)
         if eps is None:
             eps = float(get_array_module(x).finfo(x.dtype).eps)
-        y, xhat, rstd = over_last_axis(lambda rows: _rms_norm_rows(rows, weight, eps), x, settings=self.settings)
+        y, xhat, rstd = over_last_axis(lambda rows, out=None: _rms_norm_rows(rows, weight, eps, out), x,
+                                       settings=self.settings, out=_outputs(x, 0, 0, 1))
         return y, (xhat, rstd, weight)
 
     def backward(self, dy: Any, ctx: tuple) -> tuple[Any, Any]:
         xhat, rstd, weight = ctx
-        dx = over_last_axis(lambda d, xh, r: _rms_norm_grad_rows(d, xh, r, weight), dy, xhat, rstd,
-                            settings=self.settings)
-        return dx, None if weight is None else column_sums(dy * xhat)
+        dx = over_last_axis(lambda d, xh, r, out=None: _rms_norm_grad_rows(d, xh, r, weight, out), dy, xhat, rstd,
+                            settings=self.settings, out=_outputs(dy, 0)[0])
+        return dx, None if weight is None else column_dots(dy, xhat)
 
 
 register_kernel(LayerNormRows())
