@@ -135,6 +135,22 @@ def test_log_softmax_of_minus_inf_entries(backend_name):
     assert np.isfinite(dx).all()
 
 
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+def test_a_nan_makes_its_whole_row_nan_as_in_torch(impl):
+    torch = pytest.importorskip("torch")
+    from nptransformer.kernels.softmax import LogSoftmaxRows, SoftmaxRows
+
+    x = np.array([[0.0, 1.0, np.nan, 2.0], [0.5, -1.0, 0.0, 3.0], [-np.inf] * 4, [np.nan] * 4], dtype=np.float32)
+    soft = softmax_forward if impl == "reference" else SoftmaxRows().forward
+    log_soft = log_softmax_forward if impl == "reference" else LogSoftmaxRows().forward
+    y, logy = soft(x)[0], log_soft(x)[0]
+    for ours, theirs in ((y, torch.softmax(torch.from_numpy(x), -1)), (logy, torch.log_softmax(torch.from_numpy(x), -1))):
+        assert np.isnan(ours[[0, 3]]).all()  # every entry of a row with a NaN, not only the NaN's own
+        np.testing.assert_allclose(ours[1], theirs.numpy()[1], rtol=1e-6)
+    np.testing.assert_array_equal(y[2], 0.0)  # all -inf: zeros and -inf, by design
+    assert np.all(logy[2] == -np.inf)
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [

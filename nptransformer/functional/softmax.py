@@ -46,7 +46,7 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     xp = get_array_module(x)
     e = xp.exp(shift_by_max(x, axis))
     s = xp.sum(e, axis=axis, keepdims=True)  # in [1, n]; 0 for a row that is all -inf
-    y = e / xp.where(s > 0, s, 1.0)  # that row: 0 / 1, zeros
+    y = e / xp.where(s == 0, 1.0, s)  # that row: 0 / 1, zeros (a NaN sum stays NaN: the row is NaN)
     return y, (y, axis)
 
 
@@ -69,7 +69,7 @@ def log_softmax_forward(x: Any, axis: int = -1) -> tuple[Any, tuple]:
     xp = get_array_module(x)
     z = shift_by_max(x, axis)
     s = xp.sum(xp.exp(z), axis=axis, keepdims=True)  # in [1, n]; 0 for a row that is all -inf
-    y = z - xp.log(xp.where(s > 0, s, 1.0))  # that row: -inf - 0, stays -inf
+    y = z - xp.log(xp.where(s == 0, 1.0, s))  # that row: -inf - 0, stays -inf (a NaN sum: NaN)
     return y, (xp.exp(y), axis)
 
 

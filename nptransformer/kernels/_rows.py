@@ -95,9 +95,9 @@ def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, out: Any = Non
     else:
         rows = max(1, settings["block_elements"] // row_elements)
     if out is not None and name == "strict":
-        return _whole(lambda *a: rowwise(fn, *a, settings=settings), arrays, out)
+        return call_into(lambda *a: rowwise(fn, *a, settings=settings), arrays, out)
     if name == "cupy" or (len(parts) == 1 and rows >= R):
-        return _whole(fn, arrays, out)
+        return call_into(fn, arrays, out)
     tuple_out = isinstance(out, tuple)
     if out is None:
         first = fn(*(a[:1, ...] for a in arrays))  # the first row sizes the outputs
@@ -125,7 +125,7 @@ def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, out: Any = Non
     return outs if tuple_out else outs[0]
 
 
-def _whole(fn: Callable[..., Any], arrays: tuple, out: Any) -> Any:
+def call_into(fn: Callable[..., Any], arrays: tuple, out: Any) -> Any:
     """``fn(*arrays)``, into ``out`` when given: by ``out=``, or on array_api_strict (whose functions take
     no ``out=``) by copying fn's results there."""
     if out is None:
@@ -146,7 +146,7 @@ def over_last_axis(fn: Callable[..., Any], *arrays: Any, settings: dict, out: An
     (..., m) arrays for ``fn`` to write into, as :func:`rowwise` takes them.
     """
     if arrays[0].ndim < 2 or any(a.shape[-1] == 0 for a in arrays):
-        return _whole(fn, arrays, out)
+        return call_into(fn, arrays, out)
     xp = get_array_module(*arrays)
     lead = tuple(arrays[0].shape[:-1])
     rows = [xp.reshape(a, (-1, a.shape[-1])) for a in arrays]
