@@ -15,6 +15,7 @@ so there the expression is applied once, unsplit.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -181,10 +182,18 @@ def row_sums(x: Any) -> Any:
     xp = get_array_module(x)
     if backend_of(x) != "numpy":
         return xp.sum(x, axis=-1, keepdims=True)
-    ones = backend.full((x.shape[-1],), 1.0, like=x)
+    ones = _ones(x.shape[-1], x.dtype)
     if _serial_blas(x):
         return xp.expand_dims(x @ ones, axis=-1)
     return np.vecdot(x, ones)[..., None]
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype: Any) -> np.ndarray:
+    """A read-only NumPy vector of n ones: row sums take one per call, and a decoding step makes dozens."""
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def row_dots(a: Any, b: Any) -> Any:

@@ -28,7 +28,7 @@ from ._rows import RowKernel, column_dots, column_sums, into, over_last_axis, ro
 from .dispatch import register_kernel
 
 
-def _layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float, out: Any = None) -> tuple[Any, Any, Any]:
+def layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float, out: Any = None) -> tuple[Any, Any, Any]:
     """Rows x (r, C) -> (y, xhat, rstd (r, 1)), into ``out`` = (y, xhat, rstd) when given."""
     xp = get_array_module(x)
     y_out, xhat_out, rstd_out = (None, None, None) if out is None else out
@@ -110,7 +110,7 @@ class LayerNormRows(RowKernel):
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> tuple[Any, tuple]:
         check_norm_inputs(x, weight, bias, eps)
-        y, xhat, rstd = over_last_axis(lambda rows, out=None: _layer_norm_rows(rows, weight, bias, eps, out), x,
+        y, xhat, rstd = over_last_axis(lambda rows, out=None: layer_norm_rows(rows, weight, bias, eps, out), x,
                                        settings=self.settings, out=_outputs(x, 0, 0, 1))
         return y, (xhat, rstd, weight, bias is not None)
 

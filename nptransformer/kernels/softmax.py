@@ -56,7 +56,7 @@ def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
     return z, xp.log(s), p
 
 
-def _softmax(x: Any, axis: int, out: Any = None) -> Any:
+def softmax_rows(x: Any, axis: int, out: Any = None) -> Any:
     """softmax(x) along ``axis``, written into ``out`` when given: exp and the division in place."""
     xp = get_array_module(x)
     p = _shift_by_max(x, axis, out)
@@ -128,7 +128,7 @@ class SoftmaxRows(RowKernel):
 
     def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
         check_softmax_inputs(x, axis)
-        y = _along(_softmax, axis, self.settings, x, out=_empty_like(x))
+        y = _along(softmax_rows, axis, self.settings, x, out=_empty_like(x))
         return y, (y, axis)
 
     def backward(self, dy: Any, ctx: tuple) -> Any:

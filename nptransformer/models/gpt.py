@@ -48,6 +48,7 @@ from ..nn.module import Module, ModuleList
 from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
 from ..registry import ModuleCheck, register_module_check
+from . import gpt_decode
 from ._masks import key_padding_from_attention_mask
 
 POSITIONALS = ("learned", "sinusoidal", "rotary", "alibi", "relative")
@@ -232,7 +233,14 @@ class GPT(Module):
         return KVCache(self.n_layer, capacity)
 
     def decode(self, ids: Any, cache: Any = None, attention_mask: Any = None, position_ids: Any = None) -> Any:
-        """ids (B, T_new) -> logits (B, T_new, V), extending ``cache``: one decoding step (:meth:`forward`)."""
+        """ids (B, T_new) -> logits (B, T_new, V), extending ``cache``: one decoding step (:meth:`forward`).
+
+        A one-token step of a standard GPT is computed straight from the
+        weights (:mod:`nptransformer.models.gpt_decode`: the same values,
+        without the layers' per-op work); anything else runs :meth:`forward`.
+        """
+        if gpt_decode.takes(self, ids, cache, attention_mask, position_ids):
+            return gpt_decode.step(self, ids, cache)
         return self.forward(ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
 
     def backward(self, dlogits: Any) -> None:
