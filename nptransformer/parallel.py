@@ -67,6 +67,10 @@ class _Part:
         finally:
             self._done.set()
 
+    def finished(self) -> bool:
+        """Whether the part has run (by any thread)."""
+        return self._done.is_set()
+
     def wait(self) -> None:
         """Run the part here if no worker has claimed it, else wait for the worker; raise its error."""
         if self.claim():
@@ -122,6 +126,34 @@ class _Pool:
         except BaseException as e:
             error = e
         for part in offered:  # run what no worker took; wait for the rest (they write into shared outputs)
+            try:
+                part.wait()
+            except BaseException as e:
+                error = error or e
+        if error is not None:
+            raise error
+
+    def pipeline(self, produce: Callable[..., Any], consume: Callable[..., Any], parts: Sequence[tuple]) -> None:
+        """produce(*part) for every part, offered to the workers in order; consume(*part) here, in order, once its
+        part is produced. While its next part is still being produced, this thread produces later parts that no
+        worker has started. The first error is raised, after every produced part has finished."""
+        offered = [_Part(produce, args) for args in parts]
+        with self._ready:
+            self._queue.extend(offered)
+            self._ready.notify(len(offered))
+        error: BaseException | None = None
+        try:
+            for i, part in enumerate(offered):
+                for later in offered[i:]:
+                    if part.finished():
+                        break
+                    if later.claim():
+                        later.execute()
+                part.wait()
+                consume(*parts[i])
+        except BaseException as e:
+            error = e
+        for part in offered:  # nothing may still write into the outputs when this returns
             try:
                 part.wait()
             except BaseException as e:
@@ -222,6 +254,29 @@ def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> None
             fn(start, stop)
     else:
         _pool.run(fn, parts)
+
+
+def pipeline(produce: Callable[[int, int], Any], consume: Callable[[int, int], Any],
+             parts: Sequence[tuple[int, int]]) -> None:
+    """``produce(start, stop)`` then ``consume(start, stop)`` for each slab of ``parts``, the two overlapped.
+
+    Why: a product (BLAS, one long call without the interpreter lock) and an
+    elementwise pass over its result (many short NumPy calls, each taking
+    the lock back) share two cores badly when both threads run elementwise
+    passes, and well when one multiplies while the other runs the passes.
+    The workers produce the slabs in order; this thread consumes them in
+    order, and while the slab it needs next is still being produced it
+    produces later slabs itself. Each slab is produced by the same code
+    whichever thread runs it, so results are the same bits on every run. One
+    thread, one slab, or a call from a worker: produce and consume each slab
+    in turn.
+    """
+    if len(parts) == 1 or _pool is None or getattr(_local, "in_worker", False):
+        for start, stop in parts:
+            produce(start, stop)
+            consume(start, stop)
+    else:
+        _pool.pipeline(produce, consume, parts)
 
 
 def gather(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:

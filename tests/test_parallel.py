@@ -62,6 +62,48 @@ def test_a_worker_error_reaches_the_caller_and_the_pool_still_works():
         assert sorted(seen) == [(0, 5), (5, 10)]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_pipeline_produces_every_part_once_and_consumes_them_in_order_here(n):
+    import threading
+    import time
+
+    parts = [(i, i + 1) for i in range(9)]
+    produced, consumed, here = [], [], threading.get_ident()
+
+    def produce(lo, hi):
+        time.sleep(0.002 * (lo % 3))  # uneven parts: the threads finish out of order
+        produced.append(lo)
+
+    def consume(lo, hi):
+        assert threading.get_ident() == here and lo in produced  # on the caller, after its part
+        consumed.append(lo)
+
+    with parallel.num_threads(n):
+        parallel.pipeline(produce, consume, parts)
+    assert sorted(produced) == list(range(9)) and consumed == list(range(9))
+
+
+@pytest.mark.parametrize("fail", ["produce", "consume"])
+def test_a_pipeline_error_reaches_the_caller_after_every_part_finished(fail):
+    produced = []
+
+    def produce(lo, hi):
+        if fail == "produce" and lo == 3:
+            raise RuntimeError("part 3")
+        produced.append(lo)
+
+    def consume(lo, hi):
+        if fail == "consume" and lo == 1:
+            raise RuntimeError("part 1")
+
+    with parallel.num_threads(2):
+        with pytest.raises(RuntimeError, match="part"):
+            parallel.pipeline(produce, consume, [(i, i + 1) for i in range(6)])
+        assert sorted(produced) == [i for i in range(6) if not (fail == "produce" and i == 3)]
+        parallel.pipeline(produce, lambda lo, hi: None, [(10, 11), (11, 12)])  # the pool still works
+    assert produced[-2:] in ([10, 11], [11, 10])
+
+
 def test_num_threads_restores_the_count_and_blas_threads():
     def blas_threads():
         return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
