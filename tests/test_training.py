@@ -228,3 +228,54 @@ def test_train_char_command_trains_checkpoints_resumes_and_samples(tmp_path, cap
     assert "resumed from" in second and "at step 6" in second and "step 9 | val_loss" in second
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _threads_seen(trainer_threads=None):
+    """The pool's thread count inside fit's batches, and after fit."""
+    from nptransformer import parallel
+
+    seen = []
+
+    def batch_fn(g):
+        seen.append(parallel.get_num_threads())
+        return char_batch(PATTERN, 16, 8, g)
+
+    trainer = _trainer(batch_fn=batch_fn)
+    trainer.threads = trainer_threads
+    trainer.fit(3, log_every=3)
+    return seen, parallel.get_num_threads()
+
+
+def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_count():
+    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    from nptransformer.training import default_threads
+
+    seen, after = _threads_seen()
+    assert seen == [default_threads()] * 3 and after == 1
+    assert _threads_seen(1) == ([1, 1, 1], 1)  # threads=1: no pool
+
+
+def test_fit_keeps_a_thread_count_the_caller_set():
+    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    from nptransformer import num_threads
+
+    with num_threads(3):
+        assert _threads_seen() == ([3, 3, 3], 3)
+
+
+def test_fit_gives_the_same_weights_run_after_run_on_the_pool():
+    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    runs = []
+    for _ in range(2):
+        trainer = _trainer()
+        trainer.threads = 2
+        trainer.fit(4, log_every=4)
+        runs.append(trainer.model.state_dict())
+    for k, v in runs[0].items():
+        np.testing.assert_array_equal(runs[1][k], v, err_msg=k)
+
+
+def test_trainer_refuses_a_bad_thread_count_by_name():
+    model = GPT(10, 16, n_layer=1, n_head=2, d_model=32)
+    with pytest.raises((TypeError, ValueError), match="threads"):
+        Trainer(model, AdamW(model.parameters()), CrossEntropyLoss(), lambda g: None, threads=0)
