@@ -70,7 +70,9 @@ def test_kernel_matches_finite_differences(name, threads, backend_name, data):
     report = check_grad((kernel.forward, kernel.backward), case.args, case.kwargs,
                         wrt=OPS[kernel.op].differentiable)
     report.raise_if_failed()
-    assert report.max_rel < 1e-6, report.table()
+    # Relative 1e-6, or 1e-9 absolute where the gradient is about zero (a drawn case whose loss is flat in an
+    # input, e.g. a student equal to its teacher: relative error of finite-difference noise against 0 is 1).
+    assert all(r.max_rel < 1e-6 or r.max_abs < 1e-9 for r in report.rows), report.table()
 
 
 @pytest.mark.parametrize("name", KERNEL_NAMES)
