@@ -75,13 +75,16 @@ def rowwise(fn: Callable[..., Any], *arrays: Any, settings: dict, out: Any = Non
     of its inputs and whose row r depends only on row r of the inputs.
     Arguments that broadcast (a (C,) weight) belong in ``fn``'s closure.
     With :func:`nptransformer.set_num_threads` above 1, the rows are first cut
-    into one slab per thread and the slabs computed at once. ``out``: the result's arrays (R, ...), allocated by the caller, or None;
-    given, ``fn`` is called as ``fn(*blocks, out=...)`` with the same rows
+    into one slab per thread and the slabs computed at once.
+
+    ``out``: the result's arrays (R, ...), allocated by the caller, or None.
+    Given, ``fn`` is called as ``fn(*blocks, out=...)`` with the same rows
     of ``out`` (an array, or a tuple of them, as ``out`` is) and must write
     its results there: no block is copied twice, and an output may be an
-    input's own memory when ``fn`` reads that input before writing it
-    (on array_api_strict, whose functions take no ``out=``, ``fn`` returns
-    its results and they are copied into ``out``).
+    input's own memory when ``fn`` reads that input before writing it (on
+    array_api_strict, whose functions take no ``out=``, ``fn`` returns its
+    results and they are copied into ``out``). Split over threads, blocks
+    hold ``pooled_block_elements`` (larger: see :data:`POOLED_BLOCK_ELEMENTS`).
     ``settings``: ``block_elements``, ``whole_elements``,
     ``pooled_block_elements``, ``min_elements`` (:data:`ROW_SETTINGS`).
     """
