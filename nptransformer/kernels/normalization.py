@@ -29,7 +29,11 @@ from .dispatch import register_kernel
 
 
 def layer_norm_rows(x: Any, weight: Any, bias: Any, eps: float, out: Any = None) -> tuple[Any, Any, Any]:
-    """Rows x (r, C) -> (y, xhat, rstd (r, 1)), into ``out`` = (y, xhat, rstd) when given."""
+    """Layer norm of rows x (r, C) -> (y, xhat, rstd (r, 1)), into ``out`` = (y, xhat, rstd) when given.
+
+    weight, bias: (C,) or None; eps as the op's. The layer-norm kernel's block body, and the one-token
+    decoding step's.
+    """
     xp = get_array_module(x)
     y_out, xhat_out, rstd_out = (None, None, None) if out is None else out
     n = x.shape[-1]

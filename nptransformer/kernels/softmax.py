@@ -57,10 +57,14 @@ def normalized_exp(x: Any, axis: int) -> tuple[Any, Any, Any]:
 
 
 def softmax_rows(x: Any, axis: int, out: Any = None) -> Any:
-    """softmax(x) along ``axis``, written into ``out`` when given: exp and the division in place."""
+    """softmax(x) along ``axis``: x (...) -> p (same shape), written into ``out`` when given.
+
+    One array: x - max(x), then its exp and the division in place (on array_api_strict, which has no
+    ``out=``, exp makes a second). The softmax kernel's block body, and the one-token decoding step's.
+    """
     xp = get_array_module(x)
     p = _shift_by_max(x, axis, out)
-    p = into(xp.exp, p, out=p if out is not None else None)
+    p = into(xp.exp, p, out=None if backend_of(p) == "strict" else p)
     s = _sums(p, axis)
     p /= xp.where(s == 0, 1.0, s)  # a row of -inf: p = 0, not nan; a NaN anywhere: the row is NaN
     return p
