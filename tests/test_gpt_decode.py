@@ -66,7 +66,7 @@ def test_the_step_is_taken_only_where_it_computes_the_same():
         model.train()
         assert not gpt_decode.takes(model, new, cache, None, None)  # dropout would run
         model.eval()
-        for other in (_model(positional="rotary"), _model(n_kv_head=1)):
+        for other in (_model(positional="rotary"), _model(n_kv_head=1), _model(dtype="float16")):
             assert not gpt_decode.takes(other, new, _prompt_cache(other, prompt), None, None)
     assert not gpt_decode.takes(model, new, cache, None, None)  # outside no_grad
 

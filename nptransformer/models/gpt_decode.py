@@ -15,8 +15,9 @@ tokens/s against 667 through the layers (same tokens).
 
 :func:`takes` says when the step applies: inference (``no_grad``, eval
 mode), one new token per row, no attention mask or position ids (a plain
-batch of equal-length rows), learned positions, and blocks of the standard
-shape (pre-norm :class:`~nptransformer.nn.TransformerEncoderLayer` with
+batch of equal-length rows), float32 or float64 weights, learned
+positions, and blocks of the standard shape (pre-norm
+:class:`~nptransformer.nn.TransformerEncoderLayer` with
 :class:`~nptransformer.nn.MultiheadAttention`, layer norms and a
 :class:`~nptransformer.nn.FeedForward` whose activation is named).
 Everything else (the prompt, padded batches, the other positional schemes,
@@ -43,7 +44,7 @@ import math
 from typing import Any
 
 from .. import _checks
-from ..backend import get_array_module
+from ..backend import dtype_name, get_array_module
 from ..grad_mode import is_grad_enabled
 from ..kernels.activations import ACTIVATION_BLOCKS
 from ..kernels.normalization import layer_norm_rows
@@ -65,6 +66,8 @@ def takes(model: Any, ids: Any, cache: Any, attention_mask: Any, position_ids: A
         return False  # the layers raise the errors
     if len(cache.layers) != len(model.blocks) or type(model.ln_f) is not LayerNorm:
         return False
+    if dtype_name(model.wte.weight.data.dtype) not in ("float32", "float64"):
+        return False  # float16 takes its norms and softmax in float32 through the layers (kernels/half_statistics)
     return all(_standard_block(block) for block in model.blocks)
 
 
