@@ -79,3 +79,15 @@ def test_bad_token_ids_are_refused_by_name():
             model.decode(np.array([[13]]), cache=cache)
         with pytest.raises(ValueError, match="idx"):
             model.decode(np.array([[-1]]), cache=cache)
+
+
+def test_quantized_and_fake_quantized_models_keep_the_layers():
+    from nptransformer.nn import prepare_qat, quantize_dynamic
+
+    prompt = np.random.default_rng(2).integers(0, 13, (1, 3))
+    for model in (quantize_dynamic(_model(dtype="float32")), prepare_qat(_model()).eval()):
+        with npt.no_grad():
+            cache = _prompt_cache(model, prompt)
+            assert not gpt_decode.takes(model, np.array([[1]]), cache, None, None)
+        cached, recomputed = model.generate(prompt, 5, use_cache=True), model.generate(prompt, 5, use_cache=False)
+        np.testing.assert_array_equal(cached, recomputed)

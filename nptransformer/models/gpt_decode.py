@@ -52,6 +52,7 @@ from ..kernels.softmax import softmax_rows
 from ..nn.attention import MultiheadAttention
 from ..nn.feed_forward import FeedForward
 from ..nn.kv_cache import KVCache
+from ..nn.linear import Linear
 from ..nn.normalization import LayerNorm
 from ..nn.transformer_layers import TransformerEncoderLayer
 
@@ -68,16 +69,21 @@ def takes(model: Any, ids: Any, cache: Any, attention_mask: Any, position_ids: A
         return False
     if dtype_name(model.wte.weight.data.dtype) not in ("float32", "float64"):
         return False  # float16 takes its norms and softmax in float32 through the layers (kernels/half_statistics)
+    if model.lm_head is not None and type(model.lm_head) is not Linear:
+        return False
     return all(_standard_block(block) for block in model.blocks)
 
 
 def _standard_block(block: Any) -> bool:
-    """A pre-norm encoder layer with plain multi-head attention, layer norms and a named activation."""
-    return (type(block) is TransformerEncoderLayer and block.norm_first
-            and type(block.self_attn) is MultiheadAttention
+    """A pre-norm encoder layer with plain multi-head attention, layer norms, float linears (not quantized
+    ones) and a named activation."""
+    if not (type(block) is TransformerEncoderLayer and block.norm_first and type(block.self_attn) is MultiheadAttention
             and type(block.norm1) is LayerNorm and type(block.norm2) is LayerNorm
-            and type(block.feed_forward) is FeedForward
-            and isinstance(block.feed_forward.activation, str) and block.feed_forward.activation in ACTIVATION_BLOCKS)
+            and type(block.feed_forward) is FeedForward):
+        return False
+    ff = block.feed_forward
+    return (isinstance(ff.activation, str) and ff.activation in ACTIVATION_BLOCKS
+            and all(type(linear) is Linear for linear in (ff.linear1, ff.linear2, block.self_attn.out_proj)))
 
 
 def step(model: Any, ids: Any, cache: KVCache) -> Any:
