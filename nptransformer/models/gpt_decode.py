@@ -130,6 +130,7 @@ def _attention(attn: MultiheadAttention, x: Any, layer_cache: Any, B: int) -> An
     keys, values = layer_cache.append(k, v)  # (B, H, S, D): the cache and this position
     scores = q @ xp.matrix_transpose(keys)  # (B, H, 1, S)
     scores *= 1.0 / math.sqrt(D)
-    attn.attn_weights = None  # as the layer leaves it without need_weights
+    if attn.attn_weights is not None:
+        attn.attn_weights = None  # as the layer leaves it without need_weights
     out = softmax_rows(scores, -1) @ values  # (B, H, 1, D)
     return _linear(attn.out_proj, xp.reshape(out, (B, H * D)))
