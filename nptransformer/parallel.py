@@ -116,33 +116,14 @@ class _Pool:
 
     def run(self, fn: Callable[..., Any], parts: Sequence[tuple]) -> None:
         """fn(*parts[i]) for every i: parts[1:] offered to the workers, parts[0] here; the first error is raised."""
-        offered = [_Part(fn, args) for args in parts[1:]]
-        with self._ready:
-            self._queue.extend(offered)
-            self._ready.notify(len(offered))
-        error: BaseException | None = None
-        try:
-            fn(*parts[0])
-        except BaseException as e:
-            error = e
-        for part in offered:  # run what no worker took; wait for the rest (they write into shared outputs)
-            try:
-                part.wait()
-            except BaseException as e:
-                error = error or e
-        if error is not None:
-            raise error
+        self._offer(fn, parts[1:], lambda offered: fn(*parts[0]))
 
     def pipeline(self, produce: Callable[..., Any], consume: Callable[..., Any], parts: Sequence[tuple]) -> None:
         """produce(*part) for every part, offered to the workers in order; consume(*part) here, in order, once its
         part is produced. While its next part is still being produced, this thread produces later parts that no
         worker has started. The first error is raised, after every produced part has finished."""
-        offered = [_Part(produce, args) for args in parts]
-        with self._ready:
-            self._queue.extend(offered)
-            self._ready.notify(len(offered))
-        error: BaseException | None = None
-        try:
+
+        def here(offered: list) -> None:
             for i, part in enumerate(offered):
                 for later in offered[i:]:
                     if part.finished():
@@ -151,9 +132,22 @@ class _Pool:
                         later.execute()
                 part.wait()
                 consume(*parts[i])
+
+        self._offer(produce, parts, here)
+
+    def _offer(self, fn: Callable[..., Any], parts: Sequence[tuple], here: Callable[[list], Any]) -> None:
+        """Offer fn(*part) for each part to the workers, run ``here(offered parts)`` on this thread, then run
+        what no worker took and wait for the rest (they write into shared outputs); the first error is raised."""
+        offered = [_Part(fn, args) for args in parts]
+        with self._ready:
+            self._queue.extend(offered)
+            self._ready.notify(len(offered))
+        error: BaseException | None = None
+        try:
+            here(offered)
         except BaseException as e:
             error = e
-        for part in offered:  # nothing may still write into the outputs when this returns
+        for part in offered:
             try:
                 part.wait()
             except BaseException as e:
