@@ -164,6 +164,15 @@ def over_last_axis(fn: Callable[..., Any], *arrays: Any, settings: dict, out: An
     return parts if isinstance(out, tuple) else parts[0]
 
 
+def empty_outputs(x: Any, *widths: int | None) -> tuple:
+    """Empty C-contiguous arrays for a row op's results: x's leading shape and dtype, last axis of each
+    ``width`` (None: x's own). :func:`over_last_axis` writes into them through reshaped views."""
+    xp = get_array_module(x)
+    lead = tuple(x.shape[:-1])
+    return tuple(xp.empty(lead + (x.shape[-1] if w is None else w,), dtype=x.dtype, device=x.device)
+                 for w in widths)
+
+
 def into(op: Callable[..., Any], *args: Any, out: Any) -> Any:
     """``op(*args)`` written into ``out``, or a fresh array when out is None: how a block body writes
     its results where :func:`rowwise` asks (array_api_strict's functions take no ``out=``, and

@@ -59,7 +59,7 @@ from .linear import pooled_linear_backward
 
 #: Elements of dh per block of the threaded backward (1 MiB of float32: 256 rows at C_out = 1024).
 BACKWARD_BLOCK = 1 << 18
-#: Elements of h per slab of the threaded forward's pipeline (256 rows at C_out = 1024: 8 slabs at B*T = 2048).
+#: Elements of h per slab of the threaded forward's pipeline (512 rows at C_out = 1024: 4 slabs at B*T = 2048).
 PIPELINE_BLOCK = 1 << 19
 
 
@@ -98,9 +98,9 @@ class FusedLinearActivation(RowKernel):
         x2, w_t = xp.reshape(x, (-1, x.shape[-1])), xp.matrix_transpose(weight)
         lead = tuple(x.shape[:-1]) + (weight.shape[0],)
         keep = is_grad_enabled()  # read here: the blocks may run on the pool's threads
-        R, c_out = x2.shape[0], weight.shape[0]
-        if parallel.get_num_threads() > 1 and backend_of(x) == "numpy":
-            h = np.empty((R, c_out), dtype=np.result_type(x2.dtype, weight.dtype))
+        pipelined = parallel.get_num_threads() > 1 and backend_of(x) == "numpy"
+        if pipelined:
+            h = np.empty((x2.shape[0], weight.shape[0]), dtype=np.result_type(x2.dtype, weight.dtype))
         else:
             h = matmul(x2, w_t, bias)  # (B*T, C_out); BLAS's own threads, if any
         # What the backward needs: ReLU's mask (array_api_strict takes only its own bool) or GELU's slope.
@@ -109,10 +109,10 @@ class FusedLinearActivation(RowKernel):
             else None
         # The activation writes y over h, a block of rows at a time (each block is read before it is written).
         act, out = (value_and_saved, (h, saved)) if keep else (value, h)
-        if not isinstance(h, np.ndarray) or parallel.get_num_threads() == 1:
-            rowwise(act, h, settings=self.settings, out=out)
-        else:
+        if pipelined:
             self._pipelined(act, x2, w_t, bias, h, saved)
+        else:
+            rowwise(act, h, settings=self.settings, out=out)
         if not keep:
             return xp.reshape(h, lead), None
         return xp.reshape(h, lead), (x, weight, bias is not None, activation, xp.reshape(saved, lead))

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from ..functional.normalization import check_norm_inputs
-from ._rows import RowKernel, column_dots, column_sums, into, over_last_axis, row_dots, row_sums
+from ._rows import RowKernel, column_dots, column_sums, empty_outputs, into, over_last_axis, row_dots, row_sums
 from .dispatch import register_kernel
 
 
@@ -92,13 +92,6 @@ def _rms_norm_grad_rows(dy: Any, xhat: Any, rstd: Any, weight: Any, out: Any = N
     return dx
 
 
-def _outputs(x: Any, *extra: int) -> tuple:
-    """Empty arrays for a norm's results: x's shape and dtype for each 0 in ``extra``, (..., 1) for each 1."""
-    xp = get_array_module(x)
-    return tuple(xp.empty(tuple(x.shape[:-1]) + ((1,) if column else (x.shape[-1],)), dtype=x.dtype,
-                          device=x.device) for column in extra)
-
-
 class LayerNormRows(RowKernel):
     """Layer norm in row blocks, normalised in place; saves what the reference saves.
 
@@ -115,13 +108,13 @@ class LayerNormRows(RowKernel):
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> tuple[Any, tuple]:
         check_norm_inputs(x, weight, bias, eps)
         y, xhat, rstd = over_last_axis(lambda rows, out=None: layer_norm_rows(rows, weight, bias, eps, out), x,
-                                       settings=self.settings, out=_outputs(x, 0, 0, 1))
+                                       settings=self.settings, out=empty_outputs(x, None, None, 1))
         return y, (xhat, rstd, weight, bias is not None)
 
     def backward(self, dy: Any, ctx: tuple) -> tuple[Any, Any, Any]:
         xhat, rstd, weight, has_bias = ctx
         dx = over_last_axis(lambda d, xh, r, out=None: _layer_norm_grad_rows(d, xh, r, weight, out), dy, xhat, rstd,
-                            settings=self.settings, out=_outputs(dy, 0)[0])
+                            settings=self.settings, out=empty_outputs(dy, None)[0])
         dweight = None if weight is None else column_dots(dy, xhat)
         dbias = column_sums(dy) if has_bias else None
         return dx, dweight, dbias
@@ -145,13 +138,13 @@ class RMSNormRows(RowKernel):
         if eps is None:
             eps = float(get_array_module(x).finfo(x.dtype).eps)
         y, xhat, rstd = over_last_axis(lambda rows, out=None: _rms_norm_rows(rows, weight, eps, out), x,
-                                       settings=self.settings, out=_outputs(x, 0, 0, 1))
+                                       settings=self.settings, out=empty_outputs(x, None, None, 1))
         return y, (xhat, rstd, weight)
 
     def backward(self, dy: Any, ctx: tuple) -> tuple[Any, Any]:
         xhat, rstd, weight = ctx
         dx = over_last_axis(lambda d, xh, r, out=None: _rms_norm_grad_rows(d, xh, r, weight, out), dy, xhat, rstd,
-                            settings=self.settings, out=_outputs(dy, 0)[0])
+                            settings=self.settings, out=empty_outputs(dy, None)[0])
         return dx, None if weight is None else column_dots(dy, xhat)
 
 

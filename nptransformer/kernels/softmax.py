@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import backend_of, get_array_module
 from ..functional.softmax import check_softmax_inputs
-from ._rows import RowKernel, call_into, into, over_last_axis, row_dots, row_sums
+from ._rows import RowKernel, call_into, empty_outputs, into, over_last_axis, row_dots, row_sums
 from .dispatch import register_kernel
 
 
@@ -89,12 +89,6 @@ def _along(fn: Callable[..., Any], axis: int, settings: dict, *arrays: Any, out:
     return call_into(lambda *whole, out=None: fn(*whole, axis, out=out), arrays, out)
 
 
-def _empty_like(x: Any) -> Any:
-    """An output for x's results, C-contiguous (:func:`._rows.over_last_axis` writes through reshaped views)."""
-    xp = get_array_module(x)
-    return xp.empty(tuple(x.shape), dtype=x.dtype, device=x.device)
-
-
 def _softmax_grad(dy: Any, y: Any, axis: int) -> Any:
     if axis in (-1, y.ndim - 1):
         g = dy - row_dots(dy, y)  # dy - sum(dy y): the sum without the product array
@@ -132,7 +126,7 @@ class SoftmaxRows(RowKernel):
 
     def forward(self, x: Any, axis: int = -1) -> tuple[Any, tuple]:
         check_softmax_inputs(x, axis)
-        y = _along(softmax_rows, axis, self.settings, x, out=_empty_like(x))
+        y = _along(softmax_rows, axis, self.settings, x, out=empty_outputs(x, None)[0])
         return y, (y, axis)
 
     def backward(self, dy: Any, ctx: tuple) -> Any:

@@ -53,7 +53,7 @@ from ..nn.attention import MultiheadAttention
 from ..nn.feed_forward import FeedForward
 from ..nn.kv_cache import KVCache
 from ..nn.linear import Linear
-from ..nn.normalization import LayerNorm
+from ..nn.normalization import LayerNorm, _data
 from ..nn.transformer_layers import TransformerEncoderLayer
 
 
@@ -107,9 +107,7 @@ def step(model: Any, ids: Any, cache: KVCache) -> Any:
 
 
 def _norm(norm: LayerNorm, x: Any) -> Any:
-    weight = None if norm.weight is None else norm.weight.data
-    bias = None if norm.bias is None else norm.bias.data
-    return layer_norm_rows(x, weight, bias, norm.eps)[0]
+    return layer_norm_rows(x, _data(norm.weight), _data(norm.bias), norm.eps)[0]
 
 
 def _times_transposed(x: Any, weight: Any) -> Any:
