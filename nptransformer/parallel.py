@@ -250,9 +250,9 @@ def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> None
         _pool.run(fn, parts)
 
 
-def pipeline(produce: Callable[[int, int], Any], consume: Callable[[int, int], Any],
-             parts: Sequence[tuple[int, int]]) -> None:
-    """``produce(start, stop)`` then ``consume(start, stop)`` for each slab of ``parts``, the two overlapped.
+def pipeline(produce: Callable[..., Any], consume: Callable[..., Any], parts: Sequence[tuple]) -> None:
+    """``produce(*part)`` then ``consume(*part)`` for each part (a slab ``(start, stop)``, or any arguments)
+    of ``parts``, the two overlapped.
 
     Why: a product (BLAS, one long call without the interpreter lock) and an
     elementwise pass over its result (many short NumPy calls, each taking
@@ -266,9 +266,9 @@ def pipeline(produce: Callable[[int, int], Any], consume: Callable[[int, int], A
     in turn.
     """
     if len(parts) == 1 or _pool is None or getattr(_local, "in_worker", False):
-        for start, stop in parts:
-            produce(start, stop)
-            consume(start, stop)
+        for part in parts:
+            produce(*part)
+            consume(*part)
     else:
         _pool.pipeline(produce, consume, parts)
 

@@ -42,12 +42,15 @@ class Kernel:
     :meth:`applies`, :meth:`forward` and :meth:`backward`; ``forward`` takes
     the reference op's arguments and returns ``(out, ctx)``, ``backward``
     takes ``(dout, ctx)`` and returns what the reference backward returns.
+    ``backends``: the backends its code is written for (the test sweep runs
+    it under those; :meth:`applies` is False for the others).
     """
 
     op: ClassVar[str] = ""
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
     test_settings: ClassVar[dict] = {}
+    backends: ClassVar[tuple] = ("numpy", "strict", "cupy")
 
     def __init__(self, **settings: Any):
         unknown = sorted(set(settings) - set(self.defaults))
@@ -75,6 +78,11 @@ class Kernel:
         """A hypothesis strategy of inputs for the kernel-vs-reference sweep: the reference op's, unless a
         kernel needs inputs the reference's strategy rarely draws (a causal mask, long rows)."""
         return OPS[self.op].cases(t)
+
+    def example(self, rng: Any) -> Any:
+        """One input :class:`~nptransformer.registry.Case` for the gradient check CLI: the reference op's,
+        unless the kernel takes only some of the op's inputs."""
+        return OPS[self.op].example(rng)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r} for {self.op!r}, {self.settings})"
