@@ -221,6 +221,15 @@ def zeros(shape: tuple, dtype: Any = None, like: Any = None) -> Any:
     return ns.zeros(shape, dtype=dtype_of(ns, dtype), **kwargs)
 
 
+def empty(shape: tuple, dtype: Any = None, like: Any = None) -> Any:
+    """An uninitialised array on the backend and device of ``like`` (or the current backend), for a result
+    every entry of which is written next; dtype defaults to like's."""
+    ns, kwargs = _creation_kwargs(like)
+    if dtype is None:
+        dtype = like.dtype if like is not None else "float32"
+    return ns.empty(shape, dtype=dtype_of(ns, dtype), **kwargs)
+
+
 def full(shape: tuple, value: float, dtype: Any = None, like: Any = None) -> Any:
     """An array filled with ``value`` on the backend and device of ``like``; dtype defaults to like's."""
     ns, kwargs = _creation_kwargs(like)

@@ -164,7 +164,9 @@ class KeysMajorAttention(Kernel):
             total = s.sum(axis=0)
             s *= np.reciprocal(np.where(total == 0, 1.0, total))  # all -inf: zeros (the reference's rule)
 
-        out = np.empty(tuple(q.shape[:-1]) + (v.shape[-1],), dtype=np.result_type(q.dtype, v.dtype))
+        # In q's memory order: heads split from one projection are (B, T, H, D) in memory, and an output laid
+        # out so merges its heads back into (B, T, H * D) as a view, not a transposing copy.
+        out = np.empty_like(q, shape=tuple(q.shape[:-1]) + (v.shape[-1],), dtype=np.result_type(q.dtype, v.dtype))
 
         def weighted(first: int, last: int) -> None:  # out = P v, P read as (..., Tq, Tk)
             for i in range(first, last):
@@ -179,7 +181,7 @@ class KeysMajorAttention(Kernel):
         q, k, v, parts, probs_t = ctx.q, ctx.k, ctx.v, ctx.parts, ctx.probs_t
         dout = dout[None] if ctx.squeeze else dout
         dtype = np.result_type(dout.dtype, q.dtype)
-        dq, dk, dv = (np.empty(a.shape, dtype=dtype) for a in (q, k, v))
+        dq, dk, dv = (np.empty_like(a, dtype=dtype) for a in (q, k, v))  # in memory as q, k, v: see forward
         ds_t: list[Any] = [None] * len(parts)
 
         def products(i: int) -> None:

@@ -277,7 +277,7 @@ def _merge_heads(grads: list) -> Any:
     """
     xp = get_array_module(grads[0])
     B, H, T, D = grads[0].shape
-    out = backend.zeros((B, T, len(grads), H, D), like=grads[0])
+    out = backend.empty((B, T, len(grads), H, D), like=grads[0])  # every slot is written below
     for i, g in enumerate(grads):
         out[:, :, i, :, :] = xp.permute_dims(g, (0, 2, 1, 3))  # (B, H, T, D) -> (B, T, H, D)
     return xp.reshape(out, (B, T, len(grads) * H * D))
