@@ -140,7 +140,7 @@ class BlockedAttention(Kernel):
         dropout_scale = 1.0 / (1.0 - dropout_p)
         bool_mask = attn_mask is not None and dtype_name(attn_mask.dtype) == "bool"
         causal = causal_mask(tq, tk, like=q) if is_causal else None
-        minus_inf, zero = backend.full((), -math.inf, like=q), backend.full((), 0.0, like=q)
+        minus_inf = backend.full((), -math.inf, like=q)
         blocks, outs = [], []
         for rows, keys in self.blocks_for(tq, tk, is_causal):
             r0, r1 = rows
@@ -153,8 +153,11 @@ class BlockedAttention(Kernel):
                 S += attn_mask[_part(attn_mask, rows, keys)]
             if causal is not None:
                 masked = causal[r0:r1, :keys] if masked is None else (masked | causal[r0:r1, :keys])
-            if masked is not None:
-                S += xp.where(masked, minus_inf, zero)  # the mask is (r, keys) or broadcasts: small
+            if masked is not None:  # set, not added: a masked score that is inf or NaN still becomes -inf
+                if isinstance(S, np.ndarray):
+                    np.copyto(S, -math.inf, where=masked)  # the mask is (r, keys) or broadcasts: small
+                else:
+                    S = xp.where(masked, minus_inf, S)
             P, softmax_ctx = ops.softmax_forward(S, axis=-1)
             W = dropout_backward(P, (None if keep is None else keep[..., r0:r1, :keys], dropout_scale))
             outs.append(self._product(W, v[..., :keys, :]))  # (..., r, keys) @ (..., keys, Dv)
