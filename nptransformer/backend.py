@@ -250,6 +250,10 @@ def synchronize() -> None:
         xp.cuda.Stream.null.synchronize()
 
 
+#: Longest run of one index that :func:`scatter_add` adds rank by rank on NumPy; longer runs take reduceat.
+RANKED_MAX_RUN = 32
+
+
 def scatter_add(target: Any, index: Any, values: Any) -> None:
     """In place: ``target[index[i]] += values[i]`` along axis 0, repeated indices accumulating.
 
@@ -258,14 +262,24 @@ def scatter_add(target: Any, index: Any, values: Any) -> None:
     """
     name = backend_of(target)
     if name == "numpy":
-        # np.add.at adds one row at a time (1.8 ms for 2048 rows of 256 here); sorting the
-        # ids and summing each id's run of rows with one reduceat is 0.3 ms.
+        # np.add.at adds one row at a time. Sort the ids instead, so that each id's rows form a run; then
+        # the r-th rows of all runs have distinct ids, and one fancy-indexed add takes them all. With runs
+        # of at most RANKED_MAX_RUN rows that is a few vectorized adds: 0.50 ms for 2048 rows of 256 with
+        # 512 random ids, 0.33 for 16 copies of 128 positions, where np.add.reduceat over the runs took
+        # 2.5 and 1.9 (it reduces along axis 0 a few rows at a time). Longer runs keep reduceat.
         order = np.argsort(index, kind="stable")
         ids = index[order]
         if ids.size == 0:
             return
         starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
-        target[ids[starts]] += np.add.reduceat(values[order], starts, axis=0)
+        runs = np.diff(np.append(starts, ids.size))
+        longest = int(runs.max())
+        if longest > RANKED_MAX_RUN:
+            target[ids[starts]] += np.add.reduceat(values[order], starts, axis=0)
+            return
+        for rank in range(longest):
+            rows = starts[runs > rank] + rank  # the rank-th row of every run that long: distinct ids
+            target[ids[rows]] += values[order[rows]]
     elif name == "cupy":
         importlib.import_module("cupyx").scatter_add(target, index, values)
     else:

@@ -84,6 +84,20 @@ def test_scatter_add_accumulates_repeats(backend_name):
     np.testing.assert_array_equal(backend.to_numpy(target), want)
 
 
+@pytest.mark.parametrize("longest", [1, 5, backend.RANKED_MAX_RUN, backend.RANKED_MAX_RUN + 1, 300])
+def test_scatter_add_equals_one_row_at_a_time(longest):
+    # Runs up to RANKED_MAX_RUN are added rank by rank, longer ones by reduceat: both against np.add.at.
+    rng = np.random.default_rng(longest)
+    index = np.concatenate([rng.integers(8, 50, 400), np.full(longest, 7)])  # id 7: one run of `longest`
+    rng.shuffle(index)
+    values = rng.normal(size=(index.size, 3))
+    target = rng.normal(size=(50, 3))
+    want = target.copy()
+    np.add.at(want, index, values)
+    backend.scatter_add(target, index, values)
+    np.testing.assert_allclose(target, want, rtol=1e-12, atol=1e-12)
+
+
 def test_generator_state_round_trip_and_backend_independence():
     g = backend.Generator(7)
     state = g.state()
