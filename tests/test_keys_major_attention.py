@@ -92,3 +92,30 @@ def test_probs_and_head_merge():
     out, _ = KEYS_MAJOR.forward(q3, k3, v3)
     merged = np.transpose(out, (0, 2, 1, 3))
     assert merged.flags.c_contiguous  # (B, T, H, D) in memory: reshaping to (B, T, H * D) copies nothing
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_multihead_self_attention_through_the_kernel_equals_the_reference(threads, is_causal):
+    # Big enough for the dispatch to pick the kernel (2 x 4 heads x 64 x 64 scores), in parts of one head with
+    # two threads; the backward's gradients come back merged into the projection's layout, so MultiheadAttention
+    # skips its copy: values must not change.
+    from nptransformer import backend
+    from nptransformer.kernels import configured, reference_only
+    from nptransformer.nn import MultiheadAttention
+
+    x = np.random.default_rng(3).standard_normal((2, 64, 32))
+    dy = np.random.default_rng(4).standard_normal((2, 64, 32))
+    small_parts = {KEYS_MAJOR.name: {"part_elements": 64 * 64, "min_elements": 1}}
+    results = []
+    for context in (configured(small_parts), reference_only()):
+        mha = MultiheadAttention(32, 4, dtype="float64", generator=backend.Generator(0))
+        with parallel.num_threads(threads), context:
+            q = np.zeros((2, 4, 64, 8))
+            ran = choose("scaled_dot_product_attention", q, q, q, is_causal=is_causal).name
+            y = mha.self_attention(x, is_causal=is_causal)
+            dx = mha.backward(dy)
+        results.append((y, dx, mha.in_proj_weight.grad, mha.in_proj_bias.grad, mha.out_proj.weight.grad))
+        assert ran == (KEYS_MAJOR.name if len(results) == 1 else "scaled_dot_product_attention")
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)

@@ -180,7 +180,7 @@ class KeysMajorAttention(Kernel):
         q, k, v, parts, probs_t = ctx.q, ctx.k, ctx.v, ctx.parts, ctx.probs_t
         dout = dout[None] if ctx.squeeze else dout
         dtype = np.result_type(dout.dtype, q.dtype)
-        dq, dk, dv = (np.empty_like(a, dtype=dtype) for a in (q, k, v))  # in memory as q, k, v: see forward
+        dq, dk, dv = _gradients_like((q, k, v), dtype)
         ds_t: list[Any] = [None] * len(parts)
 
         def products(i: int) -> None:
@@ -247,6 +247,25 @@ class KeysMajorAttention(Kernel):
             return Case((q, k, v, None, 0.0, draw(t.st.booleans()), scale, None, None))
 
         return cases()
+
+
+def _gradients_like(arrays: tuple, dtype: Any) -> list:
+    """Uninitialised arrays of ``arrays``' shapes and memory layout, of ``dtype``.
+
+    When the arrays are views that exactly tile one contiguous array (q, k and
+    v split from one (B, T, 3 * H * D) projection), the results are the same
+    views into one new array: the gradients are then already merged into the
+    projection's layout, and ``MultiheadAttention`` passes that array to the
+    projection's backward without copying the heads back together.
+    """
+    base = arrays[0].base
+    if (base is not None and all(a.base is base for a in arrays) and base.flags.c_contiguous and base.dtype == dtype
+            and base.size == sum(a.size for a in arrays)):
+        merged = np.empty_like(base)
+        start = base.__array_interface__["data"][0]
+        return [np.ndarray(a.shape, dtype=dtype, buffer=merged, offset=a.__array_interface__["data"][0] - start,
+                           strides=a.strides) for a in arrays]
+    return [np.empty_like(a, dtype=dtype) for a in arrays]  # in memory as q, k, v: see forward
 
 
 register_kernel(KeysMajorAttention())

@@ -269,6 +269,23 @@ def _split_heads(x: Any, n: int, H: int, D: int) -> list:
     return [x[i, ...] for i in range(n)]
 
 
+def _already_merged(grads: list) -> Any:
+    """The (B, T, n*H*D) array the gradients are views of, when they sit in it exactly as :func:`_split_heads`
+    would cut it (the keys-major attention kernel writes them so); else None."""
+    base = grads[0].base
+    if backend.backend_of(grads[0]) != "numpy" or base is None or any(g.base is not base for g in grads):
+        return None
+    B, H, T, D = grads[0].shape
+    if not base.flags.c_contiguous or base.size != B * T * len(grads) * H * D or base.dtype != grads[0].dtype:
+        return None
+    merged = base.reshape((B, T, len(grads) * H * D))
+    expected = _split_heads(merged, len(grads), H, D)
+    if all(e.strides == g.strides and e.__array_interface__["data"] == g.__array_interface__["data"]
+           for e, g in zip(expected, grads)):
+        return merged
+    return None
+
+
 def _merge_heads(grads: list) -> Any:
     """n arrays (B, H, T, D) -> (B, T, n*H*D), the inverse of _split_heads.
 
@@ -277,6 +294,9 @@ def _merge_heads(grads: list) -> Any:
     """
     xp = get_array_module(grads[0])
     B, H, T, D = grads[0].shape
+    merged = _already_merged(grads)
+    if merged is not None:
+        return merged
     out = backend.empty((B, T, len(grads), H, D), like=grads[0])  # every slot is written below
     for i, g in enumerate(grads):
         out[:, :, i, :, :] = xp.permute_dims(g, (0, 2, 1, 3))  # (B, H, T, D) -> (B, T, H, D)
