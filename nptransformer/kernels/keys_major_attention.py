@@ -23,8 +23,8 @@ pipelined (:func:`nptransformer.parallel.pipeline`): a worker multiplies the
 next part's scores while this thread runs the softmax over the last, then
 the products that follow are split over the threads. Measured on the bench's
 layer (16 x 4 heads, T = 128, D = 64, causal, float32), forward / backward:
-2.5 / 3.4 ms against 3.4 / 4.0 for ``scaled_dot_product_attention.blocked``
-on two threads, 3.6 / 5.0 against 5.3 / 6.0 on one.
+2.9 / 3.5 ms against 3.5 / 4.0 for ``scaled_dot_product_attention.blocked``
+on two threads, 4.2 / 5.3 against 5.6 / 6.2 on one.
 
 It applies to NumPy arrays with the same leading axes on q, k and v, without
 a mask (``is_causal`` is fine), a bias or dropout, and more than one query
@@ -56,15 +56,16 @@ from ..registry import Case
 from .dispatch import Kernel, register_kernel
 
 #: Scores per part (512 KiB of float32: a part's softmax temporaries stay in a 2 MiB L2 cache). On the
-#: bench's layer, parts of 8 heads (2^17 scores) ran forward + backward in 5.9 ms, of 4 in 6.3, of 16 in 6.2.
+#: bench's layer (two threads), forward / backward with parts of 8 heads (2^17 scores): 3.0 / 3.5 ms; of 4
+#: heads: 3.2 / 3.9; of 16: 3.0 / 3.9.
 PART_ELEMENTS = 1 << 17
 #: Below this many scores (B * H * T_q * T_k) the reference runs. Measured forward / backward, ms, one thread
 #: (two alike): (1, 12, 20, 20) 0.046 / 0.043 against the reference's 0.047 / 0.032; (2, 4, 64, 64) 0.13 / 0.16
 #: against 0.18 / 0.15; (4, 12, 40, 40) 0.42 / 0.68 against 0.55 / 0.78.
 REFERENCE_BELOW = 1 << 15
 #: Causal attention of this many queries or more goes to the blocked kernel, whose query blocks skip the keys
-#: they cannot see. Forward + backward of 64 / T heads of 64 (two threads; one): T = 512, 19.0 against 21.2 ms
-#: for the blocked kernel (27.0 against 40.3); T = 1024, 47.8 against 40.4 (61.9 against 55.1).
+#: they cannot see. Forward + backward of 64 / T heads of 64 (two threads; one): T = 512, 20.5 against 21.7 ms
+#: for the blocked kernel (28.4 against 40.2); T = 1024, 44.8 against 41.2 (57.5 against 58.4).
 CAUSAL_BELOW = 1024
 
 
@@ -151,12 +152,12 @@ class KeysMajorAttention(Kernel):
             qs = q[part] * scale  # half the scores' size: cheaper to scale than the scores
             s = np.empty((tk,) + tuple(qs.shape[:-2]) + (tq,), dtype=q.dtype)
             np.matmul(k[part], np.swapaxes(qs, -1, -2), out=np.moveaxis(s, 0, -2))
-            if is_causal:
-                np.copyto(s, -np.inf, where=causal(s.shape))
             probs_t[i] = s
 
         def softmax(i: int) -> None:  # along the keys, axis 0, in place
             s = probs_t[i]
+            if is_causal:
+                np.copyto(s, -np.inf, where=causal(s.shape))
             m = np.fmax.reduce(s, axis=0)  # fmax skips a NaN, which still reaches its sum below
             s -= np.where(np.isfinite(m), m, 0.0)  # a query whose scores are all -inf is shifted by 0
             np.exp(s, out=s)
