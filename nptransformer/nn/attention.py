@@ -272,8 +272,10 @@ def _split_heads(x: Any, n: int, H: int, D: int) -> list:
 def _already_merged(grads: list) -> Any:
     """The (B, T, n*H*D) array the gradients are views of, when they sit in it exactly as :func:`_split_heads`
     would cut it (the keys-major attention kernel writes them so); else None."""
+    if backend.backend_of(grads[0]) != "numpy":
+        return None
     base = grads[0].base
-    if backend.backend_of(grads[0]) != "numpy" or base is None or any(g.base is not base for g in grads):
+    if base is None or any(g.base is not base for g in grads):
         return None
     B, H, T, D = grads[0].shape
     if not base.flags.c_contiguous or base.size != B * T * len(grads) * H * D or base.dtype != grads[0].dtype:
