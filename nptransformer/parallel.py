@@ -12,8 +12,9 @@ holds the GIL for microseconds and runs for milliseconds); short
 elementwise operators gain the least, as the two threads wait on the GIL
 between operators and share one memory bus.
 
-While the pool runs, BLAS is held to one thread (through ``threadpoolctl``,
-the ``threads`` extra) and the GEMMs are split by the same pool, for two
+While the pool runs, BLAS is held to one thread (through ``threadpoolctl``
+when installed, else through the BLAS's own functions:
+:mod:`nptransformer.blas_control`) and the GEMMs are split by the same pool, for two
 reasons measured on a 2-core machine: a second BLAS thread spin-waits after
 each product, taking the core the pool's worker needs (a GELU split over
 two threads took longer than on one), and every thread calling a
@@ -35,7 +36,7 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
-from . import _checks
+from . import _checks, blas_control
 
 #: Below this many elements a split costs more (about 20 us to wake a worker) than it saves.
 MIN_ELEMENTS = 1 << 15
@@ -165,7 +166,7 @@ class _Pool:
 
 _local = threading.local()
 _pool: _Pool | None = None
-_blas_limit: Any = None  # threadpoolctl's handle while BLAS is held to one thread
+_restore_blas: Callable[[], None] | None = None  # while BLAS is held to one thread: gives back its count
 
 
 def get_num_threads() -> int:
@@ -177,28 +178,27 @@ def set_num_threads(n: int) -> None:
     """Split large ops over ``n`` threads (the caller plus n - 1 workers); 1 stops the workers.
 
     With n > 1, NumPy's BLAS is held to one thread until ``set_num_threads(1)``
-    restores its previous count; that needs ``threadpoolctl``
-    (``pip install "nptransformer[threads]"``).
+    restores its previous count (:func:`nptransformer.blas_control.limit`:
+    threadpoolctl if installed, else the BLAS's own functions for OpenBLAS
+    and MKL). A BLAS that cannot be held raises ImportError.
     """
-    global _pool, _blas_limit
+    global _pool, _restore_blas
     _checks.check_int_at_least("n", n, 1)
     if n == get_num_threads():
         return
-    if n > 1 and _blas_limit is None:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            raise ImportError('set_num_threads(n > 1) needs threadpoolctl to hold BLAS to one thread: '
-                              'pip install "nptransformer[threads]"') from None
-        _blas_limit = threadpool_limits(limits=1, user_api="blas")
+    if n > 1 and _restore_blas is None:
+        _restore_blas = blas_control.limit(1)
+        if _restore_blas is None:
+            raise ImportError("set_num_threads(n > 1) must hold BLAS to one thread, and this process's BLAS is "
+                              'neither OpenBLAS nor MKL: pip install "nptransformer[threads]" (threadpoolctl)')
     if _pool is not None:
         _pool.close()
         _pool = None
     if n > 1:
         _pool = _Pool(n)
-    elif _blas_limit is not None:
-        _blas_limit.restore_original_limits()
-        _blas_limit = None
+    elif _restore_blas is not None:
+        _restore_blas()
+        _restore_blas = None
 
 
 @contextlib.contextmanager

@@ -25,14 +25,13 @@ a finite number *before* backward touches anything::
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import sys
 import time
 from typing import Any, Callable, Iterator, TextIO
 
-from . import _checks, backend
+from . import _checks, backend, blas_control
 from . import parallel as parallel_pool
 from .backend import Generator, to_numpy
 from .memory import retain_freed_memory
@@ -43,7 +42,9 @@ from .optim import clip_grad_norm, grads_are_finite
 
 @contextlib.contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
-    """Limit BLAS to ``n`` threads inside the block (needs threadpoolctl; ``None``: leave BLAS alone).
+    """Limit BLAS to ``n`` threads inside the block (``None``: leave BLAS alone); through
+    :func:`nptransformer.blas_control.limit`, so threadpoolctl is used when installed and OpenBLAS's or MKL's
+    own functions otherwise.
 
     These models multiply small matrices. On a 2-core machine shared with
     other processes, two OpenBLAS threads made a training step 15 to 25
@@ -52,22 +53,23 @@ def blas_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        print(f"(threadpoolctl is not installed: BLAS threads not limited to {n}; "
-              f"set OPENBLAS_NUM_THREADS={n} before starting Python instead)", flush=True)
+    restore = blas_control.limit(n)
+    if restore is None:
+        print(f"(this BLAS's threads cannot be set from Python: not limited to {n}; "
+              f"set OPENBLAS_NUM_THREADS={n} before starting Python, or install threadpoolctl)", flush=True)
         yield
         return
-    with threadpool_limits(limits=n, user_api="blas"):
+    try:
         yield
+    finally:
+        restore()
 
 
 def default_threads() -> int:
     """The threads :class:`Trainer` splits a step's ops over when not told: the CPUs this process may
-    run on, on the NumPy backend with threadpoolctl installed (the pool needs it to hold BLAS to one
-    thread); 1 otherwise."""
-    if backend.get_backend() != "numpy" or importlib.util.find_spec("threadpoolctl") is None:
+    run on, on the NumPy backend when BLAS can be held to one thread (the pool needs it:
+    :func:`nptransformer.blas_control.can_limit`); 1 otherwise."""
+    if backend.get_backend() != "numpy" or not blas_control.can_limit():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cpus or 1)

@@ -64,14 +64,15 @@ def threads(request):
 
     With more than one thread every kernel runs with its ``test_settings``
     (kernels.small_settings()): split thresholds and block sizes so small
-    that test-sized arrays reach every split and block. Needs threadpoolctl
-    (the test extra has it).
+    that test-sized arrays reach every split and block. Needs a BLAS the
+    pool can hold to one thread (nptransformer.blas_control).
     """
-    from nptransformer import parallel
+    from nptransformer import blas_control, parallel
     from nptransformer.kernels import configured, small_settings
 
     if request.param > 1:
-        pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+        if not blas_control.can_limit():
+            pytest.skip("this BLAS cannot be held to one thread (not OpenBLAS or MKL, and no threadpoolctl)")
         with parallel.num_threads(request.param), configured(small_settings()):
             yield request.param
     else:

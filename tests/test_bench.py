@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
+from nptransformer import blas_control
 from nptransformer.apps import bench
 from nptransformer.__main__ import main
+
+
+def _needs_the_pool():
+    if not blas_control.can_limit():
+        pytest.skip("the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
 
 # retain_memory=False: mallopt is process-wide, and the rest of the test session should keep malloc's defaults.
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, batch_size=3, seq_len=6, steps=2, warmup=1,
@@ -84,7 +90,7 @@ def test_cli_bench_prints_the_report(capsys):
 
 
 def test_report_names_the_thread_pool_and_the_memory_setting():
-    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    _needs_the_pool()
     pooled = bench.run(bench.BenchConfig(**TINY, threads=2, memory=False, generation=False))
     assert pooled["pool_threads"] == 2 and pooled["retained_memory"] is False
     assert pooled["gemm_gflops"] == max(pooled["gemm_gflops_blas"], pooled["gemm_gflops_split"])

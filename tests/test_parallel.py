@@ -123,20 +123,6 @@ def test_set_num_threads_rejects_what_is_not_a_positive_int(bad):
     assert npt.get_num_threads() == 1
 
 
-def test_set_num_threads_without_threadpoolctl_says_what_to_install():
-    code = textwrap.dedent("""
-        import sys
-        sys.modules["threadpoolctl"] = None  # as if it were not installed
-        import nptransformer as npt
-        try:
-            npt.set_num_threads(2)
-        except ImportError as e:
-            print(e)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "threadpoolctl" in out and "nptransformer[threads]" in out
-
-
 def test_retaining_freed_memory_stops_the_page_faults_of_repeated_allocations():
     # Like a training step: 20 arrays of 4 MiB allocated (the activations), then all freed (the
     # backward). With malloc's defaults the freed top of the heap goes back to the OS and the next

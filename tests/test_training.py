@@ -8,12 +8,18 @@ import re
 import numpy as np
 import pytest
 
-from nptransformer import GPT, backend
+from nptransformer import GPT, backend, blas_control
 from nptransformer.backend import Generator
 from nptransformer.data import ReversalTask, char_batch
 from nptransformer.nn import CrossEntropyLoss
 from nptransformer.optim import AdamW, WarmupCosine
 from nptransformer.training import Trainer, TrainingDiverged, format_duration
+
+
+def _needs_the_pool():
+    if not blas_control.can_limit():
+        pytest.skip("the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
+
 
 PATTERN = np.tile(np.array([3, 1, 4, 1, 5, 9, 2, 6]), 50)  # after a 1 comes 4 or 5: needs attention to 2 back
 
@@ -247,7 +253,7 @@ def _threads_seen(trainer_threads=None):
 
 
 def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_count():
-    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    _needs_the_pool()
     from nptransformer.training import default_threads
 
     seen, after = _threads_seen()
@@ -256,7 +262,7 @@ def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_
 
 
 def test_fit_keeps_a_thread_count_the_caller_set():
-    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    _needs_the_pool()
     from nptransformer import num_threads
 
     with num_threads(3):
@@ -264,7 +270,7 @@ def test_fit_keeps_a_thread_count_the_caller_set():
 
 
 def test_fit_gives_the_same_weights_run_after_run_on_the_pool():
-    pytest.importorskip("threadpoolctl", reason="the pool holds BLAS to one thread through threadpoolctl")
+    _needs_the_pool()
     runs = []
     for _ in range(2):
         trainer = _trainer()

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import backend, parallel
+from .. import backend, blas_control, parallel
 from ..kernels._gemm import matmul
 from ..memory import retain_freed_memory
 from ..training import blas_threads
@@ -97,11 +97,15 @@ def flops_per_step(model: Any, cfg: BenchConfig) -> int:
 
 # -- threads and GEMM peak ----------------------------------------------------------------------
 def blas_info() -> tuple[int, str]:
-    """(threads, description) of NumPy's BLAS, from threadpoolctl; without it, os.cpu_count() threads."""
+    """(threads, description) of NumPy's BLAS: from threadpoolctl when installed, else from the library itself
+    (:mod:`nptransformer.blas_control`); neither: os.cpu_count() threads, "unknown BLAS"."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return os.cpu_count() or 1, "unknown BLAS (threadpoolctl not installed)"
+        found = blas_control.libraries()
+        if not found:
+            return os.cpu_count() or 1, "unknown BLAS"
+        return found[0].threads(), found[0].describe()
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     if not blas:
         return os.cpu_count() or 1, "unknown BLAS"
@@ -134,12 +138,9 @@ def _engine(cfg: BenchConfig) -> Any:
 
 
 def pool_threads(cfg: BenchConfig, threads: int) -> int:
-    """The thread count nptransformer's ops get: ``threads`` on NumPy with the pool on and threadpoolctl present, else 1."""
-    if not cfg.pool or cfg.backend != "numpy" or threads <= 1:
-        return 1
-    try:
-        import threadpoolctl  # noqa: F401  (the pool holds BLAS to one thread through it)
-    except ImportError:
+    """The thread count nptransformer's ops get: ``threads`` on NumPy with the pool on and BLAS holdable to one
+    thread (:func:`nptransformer.blas_control.can_limit`), else 1."""
+    if not cfg.pool or cfg.backend != "numpy" or threads <= 1 or not blas_control.can_limit():
         return 1
     return threads
 
