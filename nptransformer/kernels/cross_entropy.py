@@ -21,11 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import arange, get_array_module
 from ..functional.losses import check_cross_entropy_inputs, reduce_token_losses, token_dloss
-from ._rows import RowKernel, over_last_axis, row_sums
+from ._rows import ROW_SETTINGS, RowKernel, over_last_axis, row_sums
 from .dispatch import register_kernel
 from .softmax import normalized_exp
+
+
+#: Logits from which the rows are split over the pool's threads (with set_num_threads above 1). Forward /
+#: backward of 2048 rows, two threads, split against whole: 512 classes 2.15 / 0.81 against 1.83 / 0.36 ms;
+#: 2048 classes 6.8 / 2.3 against 7.4 / 1.9; 4096 classes 13.2 / 4.8 against 19.4 / 7.1.
+SPLIT_FROM = 1 << 22
 
 
 def _token_losses(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]:
@@ -41,9 +49,21 @@ def _token_losses(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]
 def _logit_grads(probs: Any, target: Any, valid: Any, scale: Any, smoothing: float) -> Any:
     """(softmax - ((1 - s) onehot(target) + s / C)) * scale on rows (r, C), exactly 0 where not valid.
 
-    target and valid are (r, 1); scale is a number or (r, 1).
+    target and valid are (r, 1); scale is a number or (r, 1). On NumPy the one-hot term is subtracted at the
+    target entries alone (one entry a row) instead of built as a (r, C) array: two passes over the rows where
+    building, subtracting, scaling and masking took five (1.3 against 1.9 ms for (2048, 512) on one thread).
     """
     xp = get_array_module(probs)
+    if isinstance(probs, np.ndarray):
+        grads = probs * scale  # a fresh array: the target entries are then corrected in place
+        if smoothing:
+            grads -= smoothing / probs.shape[-1] * scale
+        per_row = np.broadcast_to(np.asarray(scale, dtype=grads.dtype), valid.shape).reshape(-1)
+        flat = grads.reshape(-1, probs.shape[-1])
+        flat[np.arange(flat.shape[0]), np.reshape(target, (-1,))] -= (1 - smoothing) * per_row
+        if not valid.all():
+            np.copyto(grads, 0.0, where=~valid)  # exactly 0, whatever the row holds (NaN included)
+        return grads
     classes = arange(probs.shape[-1], like=target)
     q = xp.astype(target == classes, probs.dtype)  # the target distribution, built in place
     if smoothing:
@@ -58,11 +78,12 @@ class CrossEntropyRows(RowKernel):
     Applies to NumPy logits of at least ``reference_below`` elements and to
     CuPy logits (:class:`._rows.RowKernel`; on CuPy the rows run whole). Shapes as
     :func:`nptransformer.functional.cross_entropy_forward`. Settings:
-    :data:`._rows.ROW_SETTINGS`.
+    :data:`._rows.ROW_SETTINGS`, the pool's split from :data:`SPLIT_FROM` logits.
     """
 
     op = "cross_entropy"
     name = "cross_entropy.rows"
+    defaults = {**ROW_SETTINGS, "min_elements": SPLIT_FROM}
 
 
     def forward(self, logits: Any, target: Any, ignore_index: int = -100, label_smoothing: float = 0.0,
