@@ -241,11 +241,12 @@ def balanced(sizes: Sequence[int], min_elements: int = MIN_ELEMENTS) -> list[tup
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> None:
-    """``fn(start, stop)`` for each slab of ``parts`` (from :func:`slabs`), in parallel when there are several."""
+def run(fn: Callable[..., Any], parts: Sequence[tuple]) -> None:
+    """``fn(*part)`` for each part of ``parts`` (a slab ``(start, stop)`` from :func:`slabs`, or any
+    arguments), in parallel when there are several."""
     if len(parts) == 1 or _pool is None or getattr(_local, "in_worker", False):
-        for start, stop in parts:
-            fn(start, stop)
+        for part in parts:
+            fn(*part)
     else:
         _pool.run(fn, parts)
 

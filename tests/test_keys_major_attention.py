@@ -119,3 +119,16 @@ def test_multihead_self_attention_through_the_kernel_equals_the_reference(thread
         assert ran == (KEYS_MAJOR.name if len(results) == 1 else "scaled_dot_product_attention")
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_gradients_of_overlapping_views_are_not_merged_into_one_array():
+    # q, k and v cut from one array so that their sizes add up to it but q and k overlap: their gradients
+    # must still be separate arrays (a merged buffer would add dq and dk into the shared column).
+    base = np.random.default_rng(5).standard_normal((3, 6, 6))
+    q, k, v = base[..., 0:2], base[..., 1:3], base[..., 3:5]
+    dout = np.random.default_rng(6).standard_normal((3, 6, 2))
+    kernel = KEYS_MAJOR.configured(reference_below=0)
+    out, ctx = kernel.forward(q, k, v, is_causal=True)
+    want, want_ctx = scaled_dot_product_attention_forward(q, k, v, is_causal=True)
+    for got, ref in zip(kernel.backward(dout, ctx)[:3], scaled_dot_product_attention_backward(dout, want_ctx)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-13)

@@ -261,12 +261,24 @@ def _gradients_like(arrays: tuple, dtype: Any) -> list:
     """
     base = arrays[0].base
     if (base is not None and all(a.base is base for a in arrays) and base.flags.c_contiguous and base.dtype == dtype
-            and base.size == sum(a.size for a in arrays)):
+            and base.size == sum(a.size for a in arrays) and not _overlap(arrays)):
         merged = np.empty_like(base)
         start = base.__array_interface__["data"][0]
         return [np.ndarray(a.shape, dtype=dtype, buffer=merged, offset=a.__array_interface__["data"][0] - start,
                            strides=a.strides) for a in arrays]
     return [np.empty_like(a, dtype=dtype) for a in arrays]  # in memory as q, k, v: see forward
+
+
+def _overlap(arrays: tuple) -> bool:
+    """Whether any two of the views share an element (or the check would take too long to say)."""
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            try:
+                if np.shares_memory(a, b, max_work=1 << 16):
+                    return True
+            except np.exceptions.TooHardError:
+                return True
+    return False
 
 
 register_kernel(KeysMajorAttention())
