@@ -5,8 +5,9 @@ finite differences on small drawn cases):
   scaled_dot_product_attention, serially and with the pool (parts pipelined);
 - NaN and inf reach the same outputs as the reference (a NaN score makes its query's row NaN, a masked inf
   score is masked), in this kernel and in the blocked one;
-- what the dispatch sends it: unmasked, dropout-free attention of more than one query; masks, bias, dropout,
-  a decoding step's single query and long causal attention go elsewhere;
+- a BERT-shaped key-padding mask (bool and float) against PyTorch, a fully padded sequence included;
+- what the dispatch sends it: attention of more than one query without bias or dropout, masked or not; bias,
+  dropout, a decoding step's single query and long causal attention go elsewhere;
 - .probs is the reference's matrix, and the output merges its heads into (B, T, E) without a copy.
 """
 
@@ -43,6 +44,32 @@ def test_bench_sized_attention_matches_torch(threads, is_causal):
     assert dbias is None and out.dtype == np.float32 and dq.dtype == np.float32
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_key_padding_masked_attention_matches_torch(threads, kind):
+    # BERT-shaped: 12 heads of 32, 40 positions, each sequence padded after its own length; one sequence all
+    # padding (its queries attend to nothing: zeros, as the reference gives, where torch gives NaN).
+    torch = pytest.importorskip("torch", reason="PyTorch is the independent reference here")
+    q, k, v, dout = _qkv((6, 12, 40, 32))
+    lengths = np.array([40, 33, 17, 1, 25, 0])
+    padded = np.arange(40)[None, :] >= lengths[:, None]  # (B, Tk), True = padding
+    mask = padded[:, None, None, :] if kind == "bool" else np.where(padded, -np.inf, 0.0).astype(np.float32)[
+        :, None, None, :]
+    kernel = KEYS_MAJOR.configured(min_elements=1, part_elements=40 * 40 * 12) if threads > 1 else KEYS_MAJOR
+    assert kernel.applies(q, k, v, attn_mask=mask)
+    out, ctx = kernel.forward(q, k, v, attn_mask=mask)
+    dq, dk, dv, _ = kernel.backward(dout, ctx)
+    live = lengths > 0
+    tq, tk, tv = (torch.tensor(a[live], dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=torch.tensor(~padded[live, None,
+                                                                                                        None, :]))
+    want.backward(torch.tensor(dout[live], dtype=torch.float64))
+    np.testing.assert_allclose(out[live], want.detach().numpy(), rtol=1e-4, atol=2e-6)
+    for got, ref in ((dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
+        np.testing.assert_allclose(got[live], ref.numpy(), rtol=1e-4, atol=1e-5 * float(np.abs(ref.numpy()).max()))
+    assert not out[~live].any() and not dq[~live].any() and not dk[~live].any() and not dv[~live].any()
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf on purpose
 @pytest.mark.parametrize("name", [KEYS_MAJOR.name, "scaled_dot_product_attention.blocked"])
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
@@ -64,13 +91,13 @@ def test_nan_and_inf_reach_the_outputs_as_in_the_reference(threads, name):
             np.testing.assert_allclose(got[seen], ref[seen], rtol=1e-12, atol=1e-14)
 
 
-def test_dispatch_takes_unmasked_attention_of_several_queries_only():
+def test_dispatch_takes_attention_of_several_queries_without_bias_or_dropout():
     q = np.zeros((16, 4, 128, 64), dtype=np.float32)
     name = lambda *args, **kwargs: choose("scaled_dot_product_attention", *args, **kwargs).name  # noqa: E731
     assert name(q, q, q, is_causal=True) == KEYS_MAJOR.name
     assert name(q, q, q) == KEYS_MAJOR.name
-    mask = np.zeros((128, 128), dtype=bool)
-    assert name(q, q, q, attn_mask=mask) == "scaled_dot_product_attention.blocked"
+    assert name(q, q, q, attn_mask=np.zeros((128, 128), dtype=bool)) == KEYS_MAJOR.name
+    assert name(q, q, q, attn_mask=np.zeros((16, 1, 1, 128), dtype=np.float32)) == KEYS_MAJOR.name
     assert name(q, q, q, dropout_p=0.1, is_causal=True) == "scaled_dot_product_attention.blocked"
     assert name(q, q, q, bias=np.zeros((4, 128, 128), np.float32)) == "scaled_dot_product_attention.blocked"
     one = np.zeros((16, 4, 1, 64), dtype=np.float32)

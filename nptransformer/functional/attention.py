@@ -205,10 +205,12 @@ def _example(rng: Any) -> Case:
     return Case((q, k, v, mask, 0.5, True, None, None, bias))
 
 
-def attention_cases(t: Any, max_len: int = 5, causal: Any = None) -> Any:
+def attention_cases(t: Any, max_len: int = 5, causal: Any = None, bias: bool = True, dropout: bool = True) -> Any:
     """A hypothesis strategy of attention :class:`Case` s with Tq, Tk <= ``max_len``.
 
-    ``causal``: the strategy is_causal is drawn from (default: either). The
+    ``causal``: the strategy is_causal is drawn from (default: either);
+    ``bias`` / ``dropout``: whether a bias and a dropout rate of 0.5 may be
+    drawn (False: never, for kernels that take neither). The
     arguments are positional to the end, ``(q, k, v, attn_mask, dropout_p,
     is_causal, scale, generator, bias)``, so that the bias sits at position 8
     of the op's ``differentiable`` and the gradient check sees it.
@@ -237,16 +239,16 @@ def attention_cases(t: Any, max_len: int = 5, causal: Any = None) -> Any:
             mask = draw(t.bool_masks(mask_shape))  # includes all-True, i.e. fully masked rows
             if kind == "float":
                 mask = np.where(mask, -np.inf, draw(t.float_arrays(mask_shape)))
-        bias = None
-        if draw(t.st.booleans()):
+        bias_array = None
+        if bias and draw(t.st.booleans()):
             # Whole along the keys: a bias constant along them shifts each softmax row by a constant, which
             # changes nothing, so its gradient is 0 and finite differences would measure only their noise.
             bias_shape = broadcastable_shape()[:-1] + (tk,)
-            bias = draw(t.float_arrays(bias_shape, low=-1.0, high=1.0))
-        dropout_p = draw(t.st.sampled_from([0.0, 0.5]))
+            bias_array = draw(t.float_arrays(bias_shape, low=-1.0, high=1.0))
+        dropout_p = draw(t.st.sampled_from([0.0, 0.5])) if dropout else 0.0
         is_causal = draw(causal if causal is not None else t.st.booleans())
         scale = draw(t.st.one_of(t.st.none(), t.st.floats(0.25, 1.0)))
-        return Case((q, k, v, mask, dropout_p, is_causal, scale, None, bias))
+        return Case((q, k, v, mask, dropout_p, is_causal, scale, None, bias_array))
 
     return cases()
 

@@ -27,9 +27,11 @@ layer (16 x 4 heads, T = 128, D = 64, causal, float32), forward / backward:
 on two threads, 4.2 / 5.3 against 5.6 / 6.2 on one.
 
 It applies to NumPy arrays with the same leading axes on q, k and v, without
-a mask (``is_causal`` is fine), a bias or dropout, and more than one query
-(a decoding step's single query has no short rows to lengthen: there the
-reference was 10 % faster); a causal attention of
+a bias or dropout, and more than one query (a decoding step's single query
+has no short rows to lengthen: there the reference was 10 % faster). Masks
+are laid out keys first too, (Tk, ..., Tq), their axes of length 1 kept for
+broadcasting: a float mask is added, a boolean one and ``is_causal`` set
+the scores they hide to -inf, in the reference's order. A causal attention of
 :data:`CAUSAL_BELOW` queries or more is left to the blocked kernel, which
 skips the keys a block of queries cannot see.
 
@@ -51,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from .. import parallel
-from ..functional.attention import causal_mask, check_attention_inputs
+from ..backend import dtype_name
+from ..functional.attention import attention_cases, causal_mask, check_attention_inputs
 from ..registry import Case
 from .dispatch import Kernel, register_kernel
 
@@ -115,7 +118,7 @@ class KeysMajorAttention(Kernel):
                 is_causal: bool = False, scale: Any = None, generator: Any = None, bias: Any = None) -> bool:
         if not all(isinstance(a, np.ndarray) for a in (q, k, v)) or q.ndim < 2 or q.shape[-2] < 2:
             return False
-        if attn_mask is not None or bias is not None or dropout_p != 0:
+        if bias is not None or dropout_p != 0:
             return False
         if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]) or q.dtype not in (np.float32, np.float64):
             return False
@@ -126,14 +129,16 @@ class KeysMajorAttention(Kernel):
     def forward(self, q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
                 scale: float | None = None, generator: Any = None, bias: Any = None) -> tuple[Any, KeysMajorContext]:
         check_attention_inputs(q, k, v, attn_mask, dropout_p, generator, bias)
-        if attn_mask is not None or bias is not None or dropout_p != 0:
-            raise ValueError(f"{self.name} takes no attn_mask, bias or dropout_p; the dispatch sends those to "
+        if bias is not None or dropout_p != 0:
+            raise ValueError(f"{self.name} takes no bias or dropout_p; the dispatch sends those to "
                              "scaled_dot_product_attention.blocked")
         squeeze = q.ndim == 2  # the parts cut the first leading axis: give q one
         q, k, v = (a[None] if squeeze else a for a in (q, k, v))
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         tq, tk = q.shape[-2], k.shape[-2]
         parts = self._parts(tuple(q.shape[:-2]), tq * tk)
+        mask_t = None if attn_mask is None else _keys_first(attn_mask, q.ndim)
+        hide = attn_mask is not None and dtype_name(attn_mask.dtype) == "bool"
         masks: dict[tuple, Any] = {}  # part shape -> its causal mask, made once a call
 
         def causal(shape: tuple) -> Any:
@@ -156,6 +161,10 @@ class KeysMajorAttention(Kernel):
 
         def softmax(i: int) -> None:  # along the keys, axis 0, in place
             s = probs_t[i]
+            if mask_t is not None and not hide:
+                s += _part_of(mask_t, parts[i])  # a float mask is added first, as in the reference
+            if hide:
+                np.copyto(s, -np.inf, where=_part_of(mask_t, parts[i]))  # True = may not attend
             if is_causal:
                 np.copyto(s, -np.inf, where=causal(s.shape))
             m = np.fmax.reduce(s, axis=0)  # fmax skips a NaN, which still reaches its sum below
@@ -234,20 +243,26 @@ class KeysMajorAttention(Kernel):
         return Case((q, k, v, None, 0.0, True, None, None, None))
 
     def cases(self, t: Any) -> Any:
-        """Attention cases this kernel takes: no mask, bias or dropout; causal or not; up to 7 queries."""
+        """The reference's cases without bias or dropout (masks included), up to 7 queries."""
+        return attention_cases(t, max_len=7, bias=False, dropout=False)
 
-        @t.st.composite
-        def cases(draw: Any) -> Any:
-            lead = draw(t.shapes(min_dims=0, max_dims=2, max_side=3))
-            tq, tk = draw(t.sides(1, 7)), draw(t.sides(1, 7))
-            d, dv = draw(t.sides(1, 4)), draw(t.sides(1, 4))
-            q = draw(t.float_arrays(lead + (tq, d), low=-1.0, high=1.0))  # small scores: see attention_cases
-            k = draw(t.float_arrays(lead + (tk, d), low=-1.0, high=1.0))
-            v = draw(t.float_arrays(lead + (tk, dv)))
-            scale = draw(t.st.one_of(t.st.none(), t.st.floats(0.25, 1.0)))
-            return Case((q, k, v, None, 0.0, draw(t.st.booleans()), scale, None, None))
 
-        return cases()
+def _keys_first(mask: Any, ndim: int) -> Any:
+    """A mask broadcastable to (..., Tq, Tk) as a view (Tk, ..., Tq) of ``ndim`` axes, its axes of length 1 kept."""
+    full = np.reshape(mask, (1,) * (ndim - mask.ndim) + tuple(mask.shape))
+    return np.moveaxis(full, -1, 0)
+
+
+def _part_of(mask_t: Any, part: tuple) -> Any:
+    """The entries of a keys-first mask that cover a part of the leading axes; an axis of length 1 is broadcast
+    (kept, or dropped where the part picks one index)."""
+    index = [slice(None)]  # the keys
+    for axis, pick in enumerate(part):
+        if mask_t.shape[1 + axis] == 1:
+            index.append(0 if isinstance(pick, int) else slice(None))
+        else:
+            index.append(pick)
+    return mask_t[tuple(index)]
 
 
 def _gradients_like(arrays: tuple, dtype: Any) -> list:
