@@ -6,8 +6,9 @@ finite differences on small drawn cases):
 - NaN and inf reach the same outputs as the reference (a NaN score makes its query's row NaN, a masked inf
   score is masked), in this kernel and in the blocked one;
 - a BERT-shaped key-padding mask (bool and float) against PyTorch, a fully padded sequence included;
-- what the dispatch sends it: attention of more than one query without bias or dropout, masked or not; bias,
-  dropout, a decoding step's single query and long causal attention go elsewhere;
+- with dropout, the reference's output and gradients from the same generator state (parts of one head);
+- what the dispatch sends it: attention of more than one query without a bias, masked or not, with dropout or
+  not; a bias, a decoding step's single query and long causal attention go elsewhere;
 - .probs is the reference's matrix, and the output merges its heads into (B, T, E) without a copy.
 """
 
@@ -70,6 +71,24 @@ def test_key_padding_masked_attention_matches_torch(threads, kind):
     assert not out[~live].any() and not dq[~live].any() and not dk[~live].any() and not dv[~live].any()
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_dropout_drops_what_the_reference_drops(threads):
+    from nptransformer import backend
+
+    q, k, v, dout = _qkv((3, 4, 48, 16), dtype=np.float64)
+    kernel = KEYS_MAJOR.configured(min_elements=1, part_elements=48 * 48) if threads > 1 else KEYS_MAJOR
+    mask = np.random.default_rng(7).random((3, 1, 1, 48)) < 0.2
+    results = []
+    for run in (kernel.forward, scaled_dot_product_attention_forward):
+        out, ctx = run(q, k, v, attn_mask=mask, dropout_p=0.3, is_causal=True, generator=backend.Generator(11))
+        backward = kernel.backward if run == kernel.forward else scaled_dot_product_attention_backward
+        results.append((out, *backward(dout, ctx)[:3]))
+    undropped, _ = kernel.forward(q, k, v, attn_mask=mask, is_causal=True)
+    assert not np.allclose(results[0][0], undropped)  # the dropout did drop something
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf on purpose
 @pytest.mark.parametrize("name", [KEYS_MAJOR.name, "scaled_dot_product_attention.blocked"])
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
@@ -91,14 +110,14 @@ def test_nan_and_inf_reach_the_outputs_as_in_the_reference(threads, name):
             np.testing.assert_allclose(got[seen], ref[seen], rtol=1e-12, atol=1e-14)
 
 
-def test_dispatch_takes_attention_of_several_queries_without_bias_or_dropout():
+def test_dispatch_takes_attention_of_several_queries_without_a_bias():
     q = np.zeros((16, 4, 128, 64), dtype=np.float32)
     name = lambda *args, **kwargs: choose("scaled_dot_product_attention", *args, **kwargs).name  # noqa: E731
     assert name(q, q, q, is_causal=True) == KEYS_MAJOR.name
     assert name(q, q, q) == KEYS_MAJOR.name
     assert name(q, q, q, attn_mask=np.zeros((128, 128), dtype=bool)) == KEYS_MAJOR.name
     assert name(q, q, q, attn_mask=np.zeros((16, 1, 1, 128), dtype=np.float32)) == KEYS_MAJOR.name
-    assert name(q, q, q, dropout_p=0.1, is_causal=True) == "scaled_dot_product_attention.blocked"
+    assert name(q, q, q, dropout_p=0.1, is_causal=True) == KEYS_MAJOR.name
     assert name(q, q, q, bias=np.zeros((4, 128, 128), np.float32)) == "scaled_dot_product_attention.blocked"
     one = np.zeros((16, 4, 1, 64), dtype=np.float32)
     assert name(one, q, q) != KEYS_MAJOR.name  # a decoding step: one query against the cache

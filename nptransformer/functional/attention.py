@@ -205,12 +205,12 @@ def _example(rng: Any) -> Case:
     return Case((q, k, v, mask, 0.5, True, None, None, bias))
 
 
-def attention_cases(t: Any, max_len: int = 5, causal: Any = None, bias: bool = True, dropout: bool = True) -> Any:
+def attention_cases(t: Any, max_len: int = 5, causal: Any = None, bias: bool = True) -> Any:
     """A hypothesis strategy of attention :class:`Case` s with Tq, Tk <= ``max_len``.
 
     ``causal``: the strategy is_causal is drawn from (default: either);
-    ``bias`` / ``dropout``: whether a bias and a dropout rate of 0.5 may be
-    drawn (False: never, for kernels that take neither). The
+    ``bias``: whether a bias may be drawn (False: never, for a kernel that
+    takes none). The
     arguments are positional to the end, ``(q, k, v, attn_mask, dropout_p,
     is_causal, scale, generator, bias)``, so that the bias sits at position 8
     of the op's ``differentiable`` and the gradient check sees it.
@@ -245,7 +245,7 @@ def attention_cases(t: Any, max_len: int = 5, causal: Any = None, bias: bool = T
             # changes nothing, so its gradient is 0 and finite differences would measure only their noise.
             bias_shape = broadcastable_shape()[:-1] + (tk,)
             bias_array = draw(t.float_arrays(bias_shape, low=-1.0, high=1.0))
-        dropout_p = draw(t.st.sampled_from([0.0, 0.5])) if dropout else 0.0
+        dropout_p = draw(t.st.sampled_from([0.0, 0.5]))
         is_causal = draw(causal if causal is not None else t.st.booleans())
         scale = draw(t.st.one_of(t.st.none(), t.st.floats(0.25, 1.0)))
         return Case((q, k, v, mask, dropout_p, is_causal, scale, None, bias_array))

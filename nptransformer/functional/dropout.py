@@ -43,11 +43,19 @@ def dropout_forward(x: Any, p: float = 0.5, training: bool = True, generator: An
     if not training or p == 0:
         return x, (None, 1.0)
     xp = get_array_module(x)
-    if generator is None:
-        generator = backend.default_generator  # read per call, so a replaced default takes effect
-    keep = generator.bernoulli(tuple(x.shape), 1.0 - p, like=x)
+    keep = keep_mask(tuple(x.shape), p, generator, like=x)
     scale = 1.0 / (1.0 - p)
     return xp.where(keep, x * scale, 0.0), (keep, scale)
+
+
+def keep_mask(shape: tuple, p: float, generator: Any = None, like: Any = None) -> Any:
+    """The boolean mask of the entries dropout keeps, each kept with probability 1 - p: shape ``shape``, or None
+    when p == 0 (nothing drawn). The draw :func:`dropout_forward` makes, so a kernel that draws it for the same
+    shape from the same generator state drops the same entries. ``generator``: None uses
+    ``backend.default_generator``, read per call so that a replaced default takes effect."""
+    if p == 0:
+        return None
+    return (backend.default_generator if generator is None else generator).bernoulli(shape, 1.0 - p, like=like)
 
 
 def dropout_backward(dy: Any, ctx: tuple) -> Any:

@@ -38,7 +38,7 @@ import numpy as np
 from .. import backend, parallel
 from ..backend import dtype_name, get_array_module
 from ..functional.attention import attention_cases, causal_mask, check_attention_inputs
-from ..functional.dropout import dropout_backward
+from ..functional.dropout import dropout_backward, keep_mask
 from ..functional.linear import sum_to_shape
 from . import ops
 from ._gemm import SERIAL_PRODUCT, stacked_matmul
@@ -136,7 +136,7 @@ class BlockedAttention(Kernel):
         xp = get_array_module(q, k, v, attn_mask, bias)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         tq, tk = q.shape[-2], k.shape[-2]
-        keep = _keep_mask(tuple(q.shape[:-1]) + (tk,), dropout_p, generator, like=q)
+        keep = keep_mask(tuple(q.shape[:-1]) + (tk,), dropout_p, generator, like=q)  # the reference's draw
         dropout_scale = 1.0 / (1.0 - dropout_p)
         bool_mask = attn_mask is not None and dtype_name(attn_mask.dtype) == "bool"
         causal = causal_mask(tq, tk, like=q) if is_causal else None
@@ -208,17 +208,6 @@ def _part(a: Any, rows: tuple[int, int], keys: int) -> tuple:
     if a.ndim >= 1 and a.shape[-1] != 1:
         index[-1] = slice(0, keys)
     return tuple(index)
-
-
-def _keep_mask(shape: tuple, p: float, generator: Any, like: Any) -> Any:
-    """The reference's dropout mask of the whole (..., Tq, Tk) matrix, or None when p == 0 (nothing drawn).
-
-    The same generator call as :func:`nptransformer.functional.dropout_forward` on the
-    probabilities, so the same draw: the kernel and the reference agree from one generator state.
-    """
-    if p == 0:
-        return None
-    return (backend.default_generator if generator is None else generator).bernoulli(shape, 1.0 - p, like=like)
 
 
 register_kernel(BlockedAttention())

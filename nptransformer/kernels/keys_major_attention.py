@@ -27,11 +27,14 @@ layer (16 x 4 heads, T = 128, D = 64, causal, float32), forward / backward:
 on two threads, 4.2 / 5.3 against 5.6 / 6.2 on one.
 
 It applies to NumPy arrays with the same leading axes on q, k and v, without
-a bias or dropout, and more than one query (a decoding step's single query
-has no short rows to lengthen: there the reference was 10 % faster). Masks
-are laid out keys first too, (Tk, ..., Tq), their axes of length 1 kept for
+a bias, and more than one query (a decoding step's single query has no
+short rows to lengthen: there the reference was 10 % faster). Masks are
+laid out keys first too, (Tk, ..., Tq), their axes of length 1 kept for
 broadcasting: a float mask is added, a boolean one and ``is_causal`` set
-the scores they hide to -inf, in the reference's order. A causal attention of
+the scores they hide to -inf, in the reference's order. Dropout's keep mask
+is drawn for the whole (..., Tq, Tk) matrix as the reference draws it, and
+read keys first: the same entries are dropped from the same generator
+state. A causal attention of
 :data:`CAUSAL_BELOW` queries or more is left to the blocked kernel, which
 skips the keys a block of queries cannot see.
 
@@ -55,6 +58,7 @@ import numpy as np
 from .. import parallel
 from ..backend import dtype_name
 from ..functional.attention import attention_cases, causal_mask, check_attention_inputs
+from ..functional.dropout import keep_mask
 from ..registry import Case
 from .dispatch import Kernel, register_kernel
 
@@ -75,7 +79,8 @@ CAUSAL_BELOW = 1024
 @dataclass
 class KeysMajorContext:
     """What the backward needs: q, k, v (leading axes kept, at least one), the scale, the parts (index tuples
-    into the leading axes) and each part's probabilities P[j, ..., i] (Tk, the part's leading axes, Tq);
+    into the leading axes), each part's probabilities P[j, ..., i] (Tk, the part's leading axes, Tq) before
+    dropout, the dropout's keep mask read keys first and its scale 1/(1-p) (None without dropout), and
     ``squeeze`` when q had no leading axis (one was added)."""
 
     q: Any
@@ -84,6 +89,7 @@ class KeysMajorContext:
     scale: float
     parts: list
     probs_t: list
+    dropout: Any
     squeeze: bool
 
     @property
@@ -118,7 +124,7 @@ class KeysMajorAttention(Kernel):
                 is_causal: bool = False, scale: Any = None, generator: Any = None, bias: Any = None) -> bool:
         if not all(isinstance(a, np.ndarray) for a in (q, k, v)) or q.ndim < 2 or q.shape[-2] < 2:
             return False
-        if bias is not None or dropout_p != 0:
+        if bias is not None:
             return False
         if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]) or q.dtype not in (np.float32, np.float64):
             return False
@@ -129,9 +135,8 @@ class KeysMajorAttention(Kernel):
     def forward(self, q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
                 scale: float | None = None, generator: Any = None, bias: Any = None) -> tuple[Any, KeysMajorContext]:
         check_attention_inputs(q, k, v, attn_mask, dropout_p, generator, bias)
-        if bias is not None or dropout_p != 0:
-            raise ValueError(f"{self.name} takes no bias or dropout_p; the dispatch sends those to "
-                             "scaled_dot_product_attention.blocked")
+        if bias is not None:
+            raise ValueError(f"{self.name} takes no bias; the dispatch sends it to scaled_dot_product_attention.blocked")
         squeeze = q.ndim == 2  # the parts cut the first leading axis: give q one
         q, k, v = (a[None] if squeeze else a for a in (q, k, v))
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -139,6 +144,10 @@ class KeysMajorAttention(Kernel):
         parts = self._parts(tuple(q.shape[:-2]), tq * tk)
         mask_t = None if attn_mask is None else _keys_first(attn_mask, q.ndim)
         hide = attn_mask is not None and dtype_name(attn_mask.dtype) == "bool"
+        # Drawn once for the whole (..., Tq, Tk) matrix, as the reference draws it (the same entries dropped from
+        # the same generator state), and read keys first.
+        keep = keep_mask(tuple(q.shape[:-1]) + (tk,), dropout_p, generator, like=q)
+        dropout = None if keep is None else (np.moveaxis(keep, -1, 0), 1.0 / (1.0 - dropout_p))
         masks: dict[tuple, Any] = {}  # part shape -> its causal mask, made once a call
 
         def causal(shape: tuple) -> Any:
@@ -177,14 +186,14 @@ class KeysMajorAttention(Kernel):
         # out so merges its heads back into (B, T, H * D) as a view, not a transposing copy.
         out = np.empty_like(q, shape=tuple(q.shape[:-1]) + (v.shape[-1],), dtype=np.result_type(q.dtype, v.dtype))
 
-        def weighted(first: int, last: int) -> None:  # out = P v, P read as (..., Tq, Tk)
+        def weighted(first: int, last: int) -> None:  # out = W v, W = dropout(P) read as (..., Tq, Tk)
             for i in range(first, last):
-                np.matmul(np.moveaxis(probs_t[i], 0, -1), v[parts[i]], out=out[parts[i]])
+                np.matmul(np.moveaxis(_dropped(probs_t[i], dropout, parts[i]), 0, -1), v[parts[i]], out=out[parts[i]])
 
         order = [(i,) for i in range(len(parts))]
         parallel.pipeline(scores, softmax, order)
         parallel.run(weighted, self._slabs(parts, out.size))
-        return (out[0] if squeeze else out), KeysMajorContext(q, k, v, scale, parts, probs_t, squeeze)
+        return (out[0] if squeeze else out), KeysMajorContext(q, k, v, scale, parts, probs_t, dropout, squeeze)
 
     def backward(self, dout: Any, ctx: KeysMajorContext) -> tuple[Any, Any, Any, None]:
         q, k, v, parts, probs_t = ctx.q, ctx.k, ctx.v, ctx.parts, ctx.probs_t
@@ -194,11 +203,12 @@ class KeysMajorAttention(Kernel):
         ds_t: list[Any] = [None] * len(parts)
 
         def products(i: int) -> None:
-            part, p_t = parts[i], probs_t[i]
-            dp_t = np.empty(p_t.shape, dtype=dtype)
-            np.matmul(v[part], np.swapaxes(dout[part], -1, -2), out=np.moveaxis(dp_t, 0, -2))  # dP = dout v^T
-            np.matmul(np.moveaxis(p_t, 0, -2), dout[part], out=dv[part])  # dv = P^T dout
-            ds_t[i] = dp_t
+            part = parts[i]
+            dw_t = np.empty(probs_t[i].shape, dtype=dtype)
+            np.matmul(v[part], np.swapaxes(dout[part], -1, -2), out=np.moveaxis(dw_t, 0, -2))  # dW = dout v^T
+            w_t = _dropped(probs_t[i], ctx.dropout, part)  # W rebuilt from P and the mask (not saved)
+            np.matmul(np.moveaxis(w_t, 0, -2), dout[part], out=dv[part])  # dv = W^T dout
+            ds_t[i] = _dropped(dw_t, ctx.dropout, part)  # dP = dropout's backward of dW
 
         def softmax_backward(i: int) -> None:  # dS = P (dP - sum_j dP P), in place over dP
             p_t, ds = probs_t[i], ds_t[i]
@@ -243,8 +253,17 @@ class KeysMajorAttention(Kernel):
         return Case((q, k, v, None, 0.0, True, None, None, None))
 
     def cases(self, t: Any) -> Any:
-        """The reference's cases without bias or dropout (masks included), up to 7 queries."""
-        return attention_cases(t, max_len=7, bias=False, dropout=False)
+        """The reference's cases without a bias (masks and dropout included), up to 7 queries."""
+        return attention_cases(t, max_len=7, bias=False)
+
+
+def _dropped(x_t: Any, dropout: Any, part: tuple) -> Any:
+    """Dropout applied to a keys-first part: x where kept, times 1/(1-p), 0 where dropped; x itself without
+    dropout. The forward's W = dropout(P) and the backward's dP = dropout's backward of dW, the same map."""
+    if dropout is None:
+        return x_t
+    keep_t, scale = dropout
+    return np.where(keep_t[(slice(None),) + part], x_t * scale, 0.0)
 
 
 def _keys_first(mask: Any, ndim: int) -> Any:
