@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -496,8 +496,29 @@ class Generator:
         """Uniform samples in [low, high); ``out`` as in :meth:`normal`."""
         return self._fill_or_draw(lambda size: self._rng.uniform(low, high, size=size), shape, dtype, like, out)
 
+    def uniform_streams(self, starts: Sequence[int], total: int) -> list:
+        """NumPy generators for one draw of ``total`` float64 uniforms in [0, 1) cut into parts: stream i gives
+        the numbers the whole draw would give from position ``starts[i]`` on, so the parts can be drawn on
+        several threads and still make the same array. This generator is then where the whole draw leaves it.
+
+        Why it works: PCG64 spends one 64-bit word on each float64 uniform and can jump ahead by any count of
+        words in O(log n) (``advance``); a 32-bit value it may hold over is not used by these draws, and is kept.
+        """
+        state = self._rng.bit_generator.state
+        streams = []
+        for start in starts:
+            bits = np.random.PCG64()
+            bits.state = state
+            bits.advance(int(start))
+            streams.append(np.random.Generator(bits))
+        self._rng.bit_generator.advance(int(total))
+        after = self._rng.bit_generator.state
+        after["has_uint32"], after["uinteger"] = state["has_uint32"], state["uinteger"]  # advance drops them
+        self._rng.bit_generator.state = after
+        return streams
+
     def bernoulli(self, shape: tuple, p: float, like: Any = None) -> Any:
-        """Boolean mask, each entry True with probability ``p``."""
+        """Boolean mask, each entry True with probability ``p`` (a float64 uniform drawn for each entry)."""
         return self._to(self._rng.random(size=shape) < p, like, "bool")
 
     def integers(self, low: int, high: int, shape: tuple, like: Any = None) -> Any:

@@ -34,18 +34,24 @@ def dropout_forward(x: Any, p: float = 0.5, training: bool = True, generator: An
     itself is returned (no copy) and backward is the identity. Saves only the
     boolean mask (and the scale 1/(1-p)).
     """
-    _checks.check_float("x", x)
-    _checks.check_probability("p", p)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if generator is not None and not isinstance(generator, backend.Generator):
-        raise TypeError(f"generator must be a nptransformer.backend.Generator or None, got {type(generator).__name__}")
+    check_dropout_inputs(x, p, training, generator)
     if not training or p == 0:
         return x, (None, 1.0)
     xp = get_array_module(x)
     keep = keep_mask(tuple(x.shape), p, generator, like=x)
     scale = 1.0 / (1.0 - p)
     return xp.where(keep, x * scale, 0.0), (keep, scale)
+
+
+def check_dropout_inputs(x: Any, p: float, training: bool, generator: Any) -> None:
+    """dropout_forward's argument checks (kernels run them too): x a float array, p a probability, training a
+    bool, generator a :class:`~nptransformer.backend.Generator` or None."""
+    _checks.check_float("x", x)
+    _checks.check_probability("p", p)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if generator is not None and not isinstance(generator, backend.Generator):
+        raise TypeError(f"generator must be a nptransformer.backend.Generator or None, got {type(generator).__name__}")
 
 
 def keep_mask(shape: tuple, p: float, generator: Any = None, like: Any = None) -> Any:

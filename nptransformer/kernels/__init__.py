@@ -19,7 +19,7 @@ from .. import functional  # noqa: F401  (the reference ops register first: ever
 from . import half_statistics  # noqa: F401  (first: float16 inputs go to float32 before any other kernel)
 from . import tiled_attention  # noqa: F401  (before .attention: the dispatch tries it first, for long key rows)
 from . import keys_major_attention  # noqa: F401  (before .attention: unmasked attention, blocked takes the rest)
-from . import activations, attention, cross_entropy, linear, linear_activation, normalization, softmax  # noqa: F401
+from . import activations, attention, cross_entropy, dropout, linear, linear_activation, normalization, softmax  # noqa: F401
 from .dispatch import (KERNELS, Dispatched, Kernel, choose, configured, disabled, kernels_for, reference_only,
                        register_kernel, small_settings)
 
