@@ -62,17 +62,13 @@ class DropoutStreams(Kernel):
             return x, (None, 1.0)
         flat = np.ascontiguousarray(x).reshape(-1)
         scale = 1.0 / (1.0 - p)
-        y, keep = np.empty_like(flat), np.empty(flat.shape, dtype=bool)
-        slabs = self._slabs(flat.size)
-        generator = backend.default_generator if generator is None else generator  # read per call, as the reference
-        streams = generator.uniform_streams([lo for lo, _ in slabs], flat.size)
+        y = np.empty_like(flat)
 
-        def block(i: int, a: int, b: int) -> None:
-            np.less(streams[i].random(b - a), 1.0 - p, out=keep[a:b])  # the reference's test, on its uniforms
+        def apply(keep: Any, a: int, b: int) -> None:  # y = x / (1 - p) where kept, 0 where dropped
             np.multiply(flat[a:b], scale, out=y[a:b])
-            _zero_where_dropped(y[a:b], keep[a:b])
+            zero_where_dropped(y[a:b], keep[a:b])
 
-        self._run(block, slabs)
+        keep = streamed_keep_mask(flat.size, p, generator, self.settings, then=apply)
         return y.reshape(x.shape), (keep.reshape(x.shape), scale)
 
     def backward(self, dy: Any, ctx: Any) -> Any:
@@ -84,29 +80,46 @@ class DropoutStreams(Kernel):
         flat_dy, flat_keep = np.ascontiguousarray(dy).reshape(-1), keep.reshape(-1)
         dx = np.empty_like(flat_dy)
 
-        def block(i: int, a: int, b: int) -> None:  # dx = dy / (1 - p) where kept, 0 where dropped
+        def block(a: int, b: int) -> None:  # dx = dy / (1 - p) where kept, 0 where dropped
             np.multiply(flat_dy[a:b], scale, out=dx[a:b])
-            _zero_where_dropped(dx[a:b], flat_keep[a:b])
+            zero_where_dropped(dx[a:b], flat_keep[a:b])
 
-        self._run(block, self._slabs(dx.size))
+        slabs = parallel.slabs(dx.size, dx.size, self.settings["min_elements"])
+        _in_blocks(lambda i, a, b: block(a, b), slabs, self.settings["block_elements"])
         return dx.reshape(keep.shape)
 
-    def _slabs(self, size: int) -> list[tuple[int, int]]:
-        return parallel.slabs(size, size, self.settings["min_elements"])
 
-    def _run(self, block: Any, slabs: list) -> None:
-        """block(slab index, start, stop) over each slab in blocks of ``block_elements``, the slabs on the pool."""
-        step = self.settings["block_elements"]
+def streamed_keep_mask(size: int, p: float, generator: Any, settings: dict, then: Any = None) -> Any:
+    """The reference's keep mask of ``size`` entries (:func:`nptransformer.functional.dropout.keep_mask`, flat),
+    drawn in blocks of ``settings["block_elements"]``, one slab a thread from ``settings["min_elements"]``
+    entries on, each slab from its own stream of the generator (module docstring); ``then(keep, start, stop)``
+    runs on each block right after it is drawn, while it is in the cache."""
+    keep = np.empty(size, dtype=bool)
+    slabs = parallel.slabs(size, size, settings["min_elements"])
+    generator = backend.default_generator if generator is None else generator  # read per call, as the reference
+    streams = generator.uniform_streams([lo for lo, _ in slabs], size)
 
-        def slab(i: int) -> None:
-            lo, hi = slabs[i]
-            for a in range(lo, hi, step):
-                block(i, a, min(a + step, hi))
+    def block(i: int, a: int, b: int) -> None:
+        np.less(streams[i].random(b - a), 1.0 - p, out=keep[a:b])  # the reference's test, on its uniforms
+        if then is not None:
+            then(keep, a, b)
 
-        parallel.run(slab, [(i,) for i in range(len(slabs))])
+    _in_blocks(block, slabs, settings["block_elements"])
+    return keep
 
 
-def _zero_where_dropped(y: Any, keep: Any) -> None:
+def _in_blocks(block: Any, slabs: list, step: int) -> None:
+    """block(slab index, start, stop) over each slab in blocks of ``step`` entries, the slabs on the pool."""
+
+    def slab(i: int) -> None:
+        lo, hi = slabs[i]
+        for a in range(lo, hi, step):
+            block(i, a, min(a + step, hi))
+
+    parallel.run(slab, [(i,) for i in range(len(slabs))])
+
+
+def zero_where_dropped(y: Any, keep: Any) -> None:
     """y = 0 where not keep, in place, without a branch: y's bits ANDed with all-ones where kept, zeros where
     dropped (0 - keep in unsigned integers of y's width). Exactly +0.0 even for a dropped inf or NaN, as the
     reference's ``where``; ``copyto(..., where=)`` on a random mask ran 5x slower (22 against 112 us a 64 Ki

@@ -32,7 +32,8 @@ short rows to lengthen: there the reference was 10 % faster). Masks are
 laid out keys first too, (Tk, ..., Tq), their axes of length 1 kept for
 broadcasting: a float mask is added, a boolean one and ``is_causal`` set
 the scores they hide to -inf, in the reference's order. Dropout's keep mask
-is drawn for the whole (..., Tq, Tk) matrix as the reference draws it, and
+is the reference's for the whole (..., Tq, Tk) matrix (the same uniforms,
+drawn in blocks on the pool's threads: :func:`.dropout.streamed_keep_mask`),
 read keys first: the same entries are dropped from the same generator
 state. A causal attention of
 :data:`CAUSAL_BELOW` queries or more is left to the blocked kernel, which
@@ -58,9 +59,10 @@ import numpy as np
 from .. import parallel
 from ..backend import dtype_name
 from ..functional.attention import attention_cases, causal_mask, check_attention_inputs
-from ..functional.dropout import keep_mask
 from ..registry import Case
+from ._rows import BLOCK_ELEMENTS
 from .dispatch import Kernel, register_kernel
+from .dropout import streamed_keep_mask, zero_where_dropped
 
 #: Scores per part (512 KiB of float32: a part's softmax temporaries stay in a 2 MiB L2 cache). On the
 #: bench's layer (two threads), forward / backward with parts of 8 heads (2^17 scores): 3.0 / 3.5 ms; of 4
@@ -109,15 +111,17 @@ class KeysMajorAttention(Kernel):
     context (:class:`KeysMajorContext`) offers ``.probs`` as the reference's
     does. Settings: ``part_elements`` (:data:`PART_ELEMENTS`), ``causal_below``
     (:data:`CAUSAL_BELOW` queries), ``reference_below``
-    (:data:`REFERENCE_BELOW` scores) and ``min_elements``, the
-    scores from which the pool splits the work.
+    (:data:`REFERENCE_BELOW` scores), ``min_elements``, the
+    scores from which the pool splits the work, and ``block_elements``, the
+    dropout uniforms drawn at a time.
     """
 
     op = "scaled_dot_product_attention"
     name = "scaled_dot_product_attention.keys_major"
     defaults = {"part_elements": PART_ELEMENTS, "causal_below": CAUSAL_BELOW, "reference_below": REFERENCE_BELOW,
-                "min_elements": parallel.MIN_ELEMENTS}
-    test_settings = {"part_elements": 1, "causal_below": 1 << 30, "reference_below": 0, "min_elements": 1}
+                "min_elements": parallel.MIN_ELEMENTS, "block_elements": BLOCK_ELEMENTS}
+    test_settings = {"part_elements": 1, "causal_below": 1 << 30, "reference_below": 0, "min_elements": 1,
+                     "block_elements": 3}
     backends = ("numpy",)  # products written into strided views (out=): NumPy's matmul only
 
     def applies(self, q: Any, k: Any = None, v: Any = None, attn_mask: Any = None, dropout_p: float = 0.0,
@@ -146,8 +150,10 @@ class KeysMajorAttention(Kernel):
         hide = attn_mask is not None and dtype_name(attn_mask.dtype) == "bool"
         # Drawn once for the whole (..., Tq, Tk) matrix, as the reference draws it (the same entries dropped from
         # the same generator state), and read keys first.
-        keep = keep_mask(tuple(q.shape[:-1]) + (tk,), dropout_p, generator, like=q)
-        dropout = None if keep is None else (np.moveaxis(keep, -1, 0), 1.0 / (1.0 - dropout_p))
+        dropout = None
+        if dropout_p != 0:
+            keep = streamed_keep_mask(math.prod(q.shape[:-1]) * tk, dropout_p, generator, self.settings)
+            dropout = (np.moveaxis(keep.reshape(tuple(q.shape[:-1]) + (tk,)), -1, 0), 1.0 / (1.0 - dropout_p))
         masks: dict[tuple, Any] = {}  # part shape -> its causal mask, made once a call
 
         def causal(shape: tuple) -> Any:
@@ -263,7 +269,9 @@ def _dropped(x_t: Any, dropout: Any, part: tuple) -> Any:
     if dropout is None:
         return x_t
     keep_t, scale = dropout
-    return np.where(keep_t[(slice(None),) + part], x_t * scale, 0.0)
+    kept = x_t * scale
+    zero_where_dropped(kept, keep_t[(slice(None),) + part])  # no branch: np.where on a random mask is slow
+    return kept
 
 
 def _keys_first(mask: Any, ndim: int) -> Any:
