@@ -23,8 +23,8 @@ pipelined (:func:`nptransformer.parallel.pipeline`): a worker multiplies the
 next part's scores while this thread runs the softmax over the last, then
 the products that follow are split over the threads. Measured on the bench's
 layer (16 x 4 heads, T = 128, D = 64, causal, float32), forward / backward:
-2.9 / 3.5 ms against 3.5 / 4.0 for ``scaled_dot_product_attention.blocked``
-on two threads, 4.2 / 5.3 against 5.6 / 6.2 on one.
+3.1 / 3.5 ms against 3.5 / 4.0 for ``scaled_dot_product_attention.blocked``
+on two threads, 4.4 / 5.3 against 5.6 / 6.2 on one.
 
 It applies to NumPy arrays with the same leading axes on q, k and v, without
 a bias, and more than one query (a decoding step's single query has no
@@ -63,10 +63,11 @@ from ..registry import Case
 from ._rows import BLOCK_ELEMENTS
 from .dispatch import Kernel, register_kernel
 from .dropout import streamed_keep_mask, zero_where_dropped
+from .softmax import softmax_rows
 
 #: Scores per part (512 KiB of float32: a part's softmax temporaries stay in a 2 MiB L2 cache). On the
-#: bench's layer (two threads), forward / backward with parts of 8 heads (2^17 scores): 3.0 / 3.5 ms; of 4
-#: heads: 3.2 / 3.9; of 16: 3.0 / 3.9.
+#: bench's layer (two threads), forward / backward with parts of 8 heads (2^17 scores): 3.1 / 3.6 ms; of 4
+#: heads: 3.4 / 3.8; of 16: 3.2 / 3.9.
 PART_ELEMENTS = 1 << 17
 #: Below this many scores (B * H * T_q * T_k) the reference runs. Measured forward / backward, ms, one thread
 #: (two alike): (1, 12, 20, 20) 0.046 / 0.043 against the reference's 0.047 / 0.032; (2, 4, 64, 64) 0.13 / 0.16
@@ -182,11 +183,7 @@ class KeysMajorAttention(Kernel):
                 np.copyto(s, -np.inf, where=_part_of(mask_t, parts[i]))  # True = may not attend
             if is_causal:
                 np.copyto(s, -np.inf, where=causal(s.shape))
-            m = np.fmax.reduce(s, axis=0)  # fmax skips a NaN, which still reaches its sum below
-            s -= np.where(np.isfinite(m), m, 0.0)  # a query whose scores are all -inf is shifted by 0
-            np.exp(s, out=s)
-            total = s.sum(axis=0)
-            s *= np.reciprocal(np.where(total == 0, 1.0, total))  # all -inf: zeros (the reference's rule)
+            softmax_rows(s, 0, out=s)  # the softmax kernel's body, along the keys: all -inf gives zeros
 
         # In q's memory order: heads split from one projection are (B, T, H, D) in memory, and an output laid
         # out so merges its heads back into (B, T, H * D) as a view, not a transposing copy.
@@ -196,8 +193,7 @@ class KeysMajorAttention(Kernel):
             for i in range(first, last):
                 np.matmul(np.moveaxis(_dropped(probs_t[i], dropout, parts[i]), 0, -1), v[parts[i]], out=out[parts[i]])
 
-        order = [(i,) for i in range(len(parts))]
-        parallel.pipeline(scores, softmax, order)
+        parallel.pipeline(scores, softmax, [(i,) for i in range(len(parts))])
         parallel.run(weighted, self._slabs(parts, out.size))
         return (out[0] if squeeze else out), KeysMajorContext(q, k, v, scale, parts, probs_t, dropout, squeeze)
 
