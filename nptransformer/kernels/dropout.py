@@ -80,12 +80,12 @@ class DropoutStreams(Kernel):
         flat_dy, flat_keep = np.ascontiguousarray(dy).reshape(-1), keep.reshape(-1)
         dx = np.empty_like(flat_dy)
 
-        def block(a: int, b: int) -> None:  # dx = dy / (1 - p) where kept, 0 where dropped
+        def block(_: int, a: int, b: int) -> None:  # dx = dy / (1 - p) where kept, 0 where dropped
             np.multiply(flat_dy[a:b], scale, out=dx[a:b])
             zero_where_dropped(dx[a:b], flat_keep[a:b])
 
         slabs = parallel.slabs(dx.size, dx.size, self.settings["min_elements"])
-        _in_blocks(lambda i, a, b: block(a, b), slabs, self.settings["block_elements"])
+        _in_blocks(block, slabs, self.settings["block_elements"])
         return dx.reshape(keep.shape)
 
 

@@ -122,20 +122,23 @@ def _times_transposed(x: Any, weight: Any) -> Any:
     return x @ xp.matrix_transpose(weight)
 
 
-def _linear(linear: Any, x: Any) -> Any:
-    y = _times_transposed(x, linear.weight.data)
-    if linear.bias is not None:
-        y += linear.bias.data
+def _affine(x: Any, weight: Any, bias: Any) -> Any:
+    """x (B, C_in) @ weight^T + bias -> (B, C_out); bias (C_out,) or None."""
+    y = _times_transposed(x, weight)
+    if bias is not None:
+        y += bias
     return y
+
+
+def _linear(linear: Any, x: Any) -> Any:
+    return _affine(x, linear.weight.data, _data(linear.bias))
 
 
 def _attention(attn: MultiheadAttention, x: Any, layer_cache: Any, B: int) -> Any:
     """One query per row against the cached keys and its own: x (B, C) -> the attention's output (B, C)."""
     xp = get_array_module(x)
     H, D = attn.num_heads, attn.head_dim
-    qkv = _times_transposed(x, attn.in_proj_weight.data)  # (B, 3C)
-    if attn.in_proj_bias is not None:
-        qkv += attn.in_proj_bias.data
+    qkv = _affine(x, attn.in_proj_weight.data, _data(attn.in_proj_bias))  # (B, 3C)
     q, k, v = (xp.reshape(qkv[:, i * H * D:(i + 1) * H * D], (B, H, 1, D)) for i in range(3))
     keys, values = layer_cache.append(k, v)  # (B, H, S, D): the cache and this position
     scores = q @ xp.matrix_transpose(keys)  # (B, H, 1, S)
