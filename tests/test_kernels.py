@@ -2,7 +2,8 @@
 
 Each kernel runs with its ``test_settings`` (block sizes and split thresholds
 small enough that these test-sized inputs reach every split and block), on
-1, 2 and 3 threads, under numpy and strict, on hypothesis-drawn inputs.
+1, 2 and 3 threads, under numpy and strict (the backends it is written for), on
+hypothesis-drawn inputs.
 """
 
 import numpy as np
