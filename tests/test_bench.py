@@ -77,7 +77,56 @@ def test_compare_torch_uses_the_same_weights_and_reports_the_ratio():
     result = bench.run(cfg)
     assert abs(result["loss_ours"] - result["loss_torch"]) < 1e-5  # the same model, the same batch
     assert set(result["seconds"]) == {"ours", "torch"}
-    assert "nptransformer / PyTorch: step time" in bench.format_report(result)
+    assert set(result["products_seconds"]) == {"ours", "torch"} and len(result["linear_shapes"]) == 9
+    report = bench.format_report(result)
+    assert "nptransformer / PyTorch: step time" in report
+    assert "the step's weight products alone (9 linear maps" in report and "the rest of the step (ms)" in report
+
+
+def test_linear_shapes_are_the_gpts_weight_products_in_call_order():
+    from nptransformer.apps.bench_products import linear_shapes
+    from nptransformer.kernels import dispatch
+
+    forward = dispatch.forward
+    cfg = bench.BenchConfig(**TINY)
+    idx, targets = bench.batch(cfg)
+    shapes = linear_shapes(bench.training_step(bench.build_model(cfg), idx, targets))
+    rows, C = 3 * 6, 8
+    block = [(rows, C, 3 * C), (rows, C, C), (rows, C, 4 * C), (rows, 4 * C, C)]  # in-projection, out, FF widen, FF back
+    assert shapes == 2 * block + [(rows, C, 11)]  # two blocks, then the tied V x C head
+    assert dispatch.forward is forward
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_race_computes_the_three_weight_products(threads):
+    from nptransformer import parallel
+    from nptransformer.apps.bench_products import ours_once, products_step
+
+    if threads > 1:
+        _needs_the_pool()
+    rng = np.random.default_rng(3)
+    x, w, dy = rng.normal(size=(300, 40)), rng.normal(size=(70, 40)), rng.normal(size=(300, 70))
+    with parallel.num_threads(threads):
+        y, dx, dw = ours_once(x, w, dy)
+    for got, want in ((y, x @ w.T), (dx, dy @ w), (dw, dy.T @ x)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    products_step([(5, 3, 4), (5, 3, 4), (2, 4, 3)], "ours")()  # runs; operands made once per distinct shape
+    with pytest.raises(ValueError, match="racer must be 'ours' or 'torch'"):
+        products_step([(5, 3, 4)], "jax")
+
+
+def test_torch_products_are_autograds():
+    torch = pytest.importorskip("torch", reason="the products race needs torch")
+    from nptransformer.apps.bench_products import torch_once
+
+    x = torch.randn(30, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(30, 5, dtype=torch.float64)
+    y = torch.nn.functional.linear(x, w)
+    y.backward(dy)
+    got = torch_once(x.detach(), w.detach(), dy)
+    for a, b in zip(got, (y.detach(), x.grad, w.grad)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_cli_bench_prints_the_report(capsys):

@@ -49,6 +49,7 @@ from .. import backend, blas_control, parallel
 from ..kernels._gemm import matmul
 from ..memory import retain_freed_memory
 from ..training import blas_threads
+from .bench_products import linear_shapes, products_step
 from .defaults import BenchConfig
 
 
@@ -183,6 +184,11 @@ def run(cfg: BenchConfig) -> dict:
             result["torch"] = torch.__version__
         with parallel.num_threads(pool):
             result["loss_ours"] = float(backend.to_numpy(ours()))  # the first step: the same weights as torch's
+            if cfg.compare_torch:  # the step's weight products alone, raced with the steps (bench_products)
+                shapes = linear_shapes(ours)
+                result["linear_shapes"] = shapes
+                racers.update({f"products_{r}": products_step(shapes, r, cfg.dtype, cfg.seed)
+                               for r in ("ours", "torch")})
             gemm = gemm_seconds(cfg.gemm_size, cfg.dtype, matmul)  # split by the pool when it runs
             times: dict[str, list[float]] = {name: [] for name in list(racers) + ["gemm"]}
             for _ in range(max(cfg.warmup - 1, 0)):
@@ -195,6 +201,9 @@ def run(cfg: BenchConfig) -> dict:
                 times["gemm"].append(gemm())
             result["gemm_gflops_split"] = 2 * cfg.gemm_size**3 / float(np.median(times.pop("gemm"))) / 1e9
             result["gemm_gflops"] = max(result["gemm_gflops_split"], blas_peak)
+            products = {name[len("products_"):]: times.pop(name) for name in list(times) if name.startswith("products_")}
+            if products:
+                result["products_seconds"] = {name: float(np.median(t)) for name, t in products.items()}
             result["seconds"] = {name: float(np.median(t)) for name, t in times.items()}
             result["all_seconds"] = times
             if cfg.profile:
@@ -209,7 +218,7 @@ def run(cfg: BenchConfig) -> dict:
             result["encoder"] = encoder_job(cfg.compare_torch, seed=cfg.seed)
             result["decode"] = decode_job(model, cfg.compare_torch, seed=cfg.seed)
     if cfg.memory:
-        result["memory"] = {name: peak_memory(cfg, name) for name in racers}
+        result["memory"] = {name: peak_memory(cfg, name) for name in racers if not name.startswith("products_")}
     return result
 
 
@@ -410,6 +419,7 @@ def format_report(result: dict) -> str:
                      f"(median of paired steps {float(np.median(pairs)):.3f})"
                      + (f", peak memory {memory['ours']['rss_mib'] / memory['torch']['rss_mib']:.3f}"
                         if memory and memory["ours"].get("rss_mib") and memory["torch"].get("rss_mib") else ""))
+    lines += _products_report(result)
     gen = result.get("generation")
     if gen:
         lines.append("")
@@ -423,6 +433,22 @@ def format_report(result: dict) -> str:
         width = max(len(label) for label, _ in result["profile"]) + 2
         lines += [f"  {label:<{width}}{ms:>9.2f}{100 * ms / step_ms:>8.1f}%" for label, ms in result["profile"]]
     return "\n".join(lines)
+
+
+def _products_report(result: dict) -> list[str]:
+    """The step split into its weight products (:mod:`.bench_products`) and the rest, for both libraries."""
+    products = result.get("products_seconds")
+    if not products:
+        return []
+    step, n = result["seconds"], len(result["linear_shapes"])
+    rest = {name: step[name] - products[name] for name in ("ours", "torch")}
+    return ["",
+            f"the step's weight products alone ({n} linear maps x 3: x W^T, dy W, dy^T x; no bias, activation or "
+            "attention), raced with the steps:",
+            f"  products (ms): nptransformer {1e3 * products['ours']:.1f}, PyTorch {1e3 * products['torch']:.1f}; "
+            f"ratio {products['ours'] / products['torch']:.3f}",
+            f"  the rest of the step (ms): nptransformer {1e3 * rest['ours']:.1f}, PyTorch {1e3 * rest['torch']:.1f}; "
+            f"ratio {rest['ours'] / rest['torch']:.3f}"]
 
 
 def _jobs_report(result: dict) -> list[str]:
