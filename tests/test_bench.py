@@ -83,18 +83,19 @@ def test_compare_torch_uses_the_same_weights_and_reports_the_ratio():
     assert "the step's weight products alone (9 linear maps" in report and "the rest of the step (ms)" in report
 
 
-def test_linear_shapes_are_the_gpts_weight_products_in_call_order():
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_linear_shapes_are_the_gpts_weight_products_in_call_order(checkpointed):
     from nptransformer.apps.bench_products import linear_shapes
     from nptransformer.kernels import dispatch
 
-    forward = dispatch.forward
-    cfg = bench.BenchConfig(**TINY)
+    forward, backward = dispatch.forward, dispatch.backward
+    cfg = bench.BenchConfig(**TINY, checkpoint_activations=checkpointed)
     idx, targets = bench.batch(cfg)
     shapes = linear_shapes(bench.training_step(bench.build_model(cfg), idx, targets))
     rows, C = 3 * 6, 8
     block = [(rows, C, 3 * C), (rows, C, C), (rows, C, 4 * C), (rows, 4 * C, C)]  # in-projection, out, FF widen, FF back
-    assert shapes == 2 * block + [(rows, C, 11)]  # two blocks, then the tied V x C head
-    assert dispatch.forward is forward
+    assert shapes == 2 * block + [(rows, C, 11)]  # two blocks, then the tied V x C head; recomputation not counted
+    assert dispatch.forward is forward and dispatch.backward is backward
 
 
 @pytest.mark.parametrize("threads", [1, 2])

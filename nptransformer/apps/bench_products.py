@@ -37,10 +37,12 @@ LINEAR_OPS = ("linear", "linear_activation")
 
 
 def linear_shapes(step: Callable[[], Any]) -> list[tuple[int, int, int]]:
-    """(rows, c_in, c_out) of every linear map one call of ``step`` runs forward, in call order.
+    """(rows, c_in, c_out) of every linear map the forward pass of one call of ``step`` runs, in call order.
 
     rows = the input's leading axes multiplied out (B * T); a weight of
     shape (c_out, c_in). The step runs once, normally (its optimizer steps).
+    Forward calls after the first backward (activation checkpointing's
+    recomputation) are not counted: each linear map counts once.
     """
     shapes: list[tuple[int, int, int]] = []
     with _recording(shapes):
@@ -50,19 +52,24 @@ def linear_shapes(step: Callable[[], Any]) -> list[tuple[int, int, int]]:
 
 @contextlib.contextmanager
 def _recording(shapes: list) -> Iterator[None]:
-    forward = dispatch.forward
+    forward, backward = dispatch.forward, dispatch.backward
+    in_backward = []
 
     def recorded(op: str, *args: Any, **kwargs: Any) -> Any:
-        if op in LINEAR_OPS:
+        if op in LINEAR_OPS and not in_backward:
             x, weight = args[0], args[1]
             shapes.append((math.prod(x.shape[:-1]), int(x.shape[-1]), int(weight.shape[0])))
         return forward(op, *args, **kwargs)
 
-    dispatch.forward = recorded
+    def backward_seen(dout: Any, ctx: Any) -> Any:
+        in_backward.append(True)
+        return backward(dout, ctx)
+
+    dispatch.forward, dispatch.backward = recorded, backward_seen
     try:
         yield
     finally:
-        dispatch.forward = forward
+        dispatch.forward, dispatch.backward = forward, backward
 
 
 def _operands(shapes: list[tuple[int, int, int]], dtype: str, seed: int) -> dict:
