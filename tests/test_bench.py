@@ -105,10 +105,14 @@ def test_products_race_computes_the_three_weight_products(threads):
 
     if threads > 1:
         _needs_the_pool()
+    from nptransformer.kernels import dispatch
+
     rng = np.random.default_rng(3)
-    x, w, dy = rng.normal(size=(300, 40)), rng.normal(size=(70, 40)), rng.normal(size=(300, 70))
+    x, w, dy = rng.normal(size=(600, 40)), rng.normal(size=(130, 40)), rng.normal(size=(600, 130))
     with parallel.num_threads(threads):
+        ran = dispatch.choose("linear", x, w).name  # two threads: the pool's kernel (y has 78,000 entries)
         y, dx, dw = ours_once(x, w, dy)
+    assert (ran == "linear.pooled") == (threads > 1)
     for got, want in ((y, x @ w.T), (dx, dy @ w), (dw, dy.T @ x)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     products_step([(5, 3, 4), (5, 3, 4), (2, 4, 3)], "ours")()  # runs; operands made once per distinct shape
