@@ -122,3 +122,31 @@ def test_for_each_parameter_updates_every_item_once(threads, rng):
     for_each_parameter(lambda a: a.__imul__(2).__iadd__(1), arrays, arrays, min_elements=1)
     for got, want in zip(arrays, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_intercepted_hooks_see_every_op_call_and_are_removed_on_error():
+    from nptransformer.kernels import dispatch, ops
+
+    plain = dispatch.forward, dispatch.backward
+    seen = []
+
+    def forward_hook(forward, op, *args, **kwargs):
+        seen.append(("forward", op))
+        return forward(op, *args, **kwargs)
+
+    def backward_hook(backward, dout, ctx):
+        seen.append(("backward", ctx.runner.op if hasattr(ctx.runner, "op") else ctx.runner.name))
+        return backward(dout, ctx)
+
+    x = np.array([[1.0, 2.0, 3.0]])
+    with pytest.raises(RuntimeError, match="inside"):
+        with dispatch.intercepted(forward_hook, backward_hook):
+            y, ctx = ops.softmax_forward(x)
+            dx = ops.softmax_backward(np.ones_like(y), ctx)
+            raise RuntimeError("inside")
+    assert seen == [("forward", "softmax"), ("backward", "softmax")]
+    np.testing.assert_allclose(y, np.exp(x) / np.exp(x).sum(), rtol=1e-15)  # the plain op's result, passed on
+    np.testing.assert_allclose(dx, 0.0, atol=1e-15)  # softmax's gradient of a constant upstream is 0
+    assert (dispatch.forward, dispatch.backward) == plain
+    with dispatch.intercepted(forward_hook):  # one direction only: backward left alone
+        assert dispatch.backward is plain[1] and dispatch.forward is not plain[0]

@@ -218,7 +218,7 @@ def run(cfg: BenchConfig) -> dict:
             result["encoder"] = encoder_job(cfg.compare_torch, seed=cfg.seed)
             result["decode"] = decode_job(model, cfg.compare_torch, seed=cfg.seed)
     if cfg.memory:
-        result["memory"] = {name: peak_memory(cfg, name) for name in racers if not name.startswith("products_")}
+        result["memory"] = {name: peak_memory(cfg, name) for name in result["seconds"]}  # the steps' racers
     return result
 
 
@@ -340,28 +340,25 @@ def profile_ops(step: Callable[[], Any], steps: int) -> list[tuple[str, float]]:
             if stack:
                 stack[-1] += elapsed
 
-    forward, backward = dispatch.forward, dispatch.backward
-
     def label(runner: Any, direction: str) -> str:
         name = getattr(runner, "name", "")
         who = "reference" if runner is dispatch.OPS.get(name) else name
         return f"{getattr(runner, 'op', name)} {direction} ({who})"
 
-    def timed_forward(op: str, *args: Any, **kwargs: Any) -> Any:
+    def timed_forward(forward: Callable, op: str, *args: Any, **kwargs: Any) -> Any:
         runner = dispatch.choose(op, *args, **kwargs)
         return timed(label(runner, "forward"), forward, op, *args, **kwargs)
 
-    def timed_backward(dout: Any, ctx: Any) -> Any:
+    def timed_backward(backward: Callable, dout: Any, ctx: Any) -> Any:
         return timed(label(ctx.runner, "backward"), backward, dout, ctx)
 
     optimizer = step.optimizer
     optimizer.step = lambda: timed("AdamW step", type(optimizer).step, optimizer)
-    dispatch.forward, dispatch.backward = timed_forward, timed_backward
     try:
-        total = sum(_timed(step) for _ in range(steps))
+        with dispatch.intercepted(timed_forward, timed_backward):
+            total = sum(_timed(step) for _ in range(steps))
     finally:
         del optimizer.step
-        dispatch.forward, dispatch.backward = forward, backward
     rows = sorted(((name, 1e3 * t / steps) for name, t in totals.items()), key=lambda row: -row[1])
     return rows + [("other (module glue)", 1e3 * (total - sum(totals.values())) / steps)]
 

@@ -21,9 +21,8 @@ product is included: only the weight products.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,31 +44,21 @@ def linear_shapes(step: Callable[[], Any]) -> list[tuple[int, int, int]]:
     recomputation) are not counted: each linear map counts once.
     """
     shapes: list[tuple[int, int, int]] = []
-    with _recording(shapes):
-        step()
-    return shapes
+    in_backward: list[bool] = []
 
-
-@contextlib.contextmanager
-def _recording(shapes: list) -> Iterator[None]:
-    forward, backward = dispatch.forward, dispatch.backward
-    in_backward = []
-
-    def recorded(op: str, *args: Any, **kwargs: Any) -> Any:
+    def recorded(forward: Callable, op: str, *args: Any, **kwargs: Any) -> Any:
         if op in LINEAR_OPS and not in_backward:
             x, weight = args[0], args[1]
             shapes.append((math.prod(x.shape[:-1]), int(x.shape[-1]), int(weight.shape[0])))
         return forward(op, *args, **kwargs)
 
-    def backward_seen(dout: Any, ctx: Any) -> Any:
+    def backward_seen(backward: Callable, dout: Any, ctx: Any) -> Any:
         in_backward.append(True)
         return backward(dout, ctx)
 
-    dispatch.forward, dispatch.backward = recorded, backward_seen
-    try:
-        yield
-    finally:
-        dispatch.forward, dispatch.backward = forward, backward
+    with dispatch.intercepted(recorded, backward_seen):
+        step()
+    return shapes
 
 
 def _operands(shapes: list[tuple[int, int, int]], dtype: str, seed: int) -> dict:

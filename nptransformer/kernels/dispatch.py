@@ -157,6 +157,34 @@ def backward(dout: Any, ctx: Dispatched) -> Any:
 
 
 @contextlib.contextmanager
+def intercepted(forward_hook: Callable[..., Any] | None = None,
+                backward_hook: Callable[..., Any] | None = None) -> Iterator[None]:
+    """Inside the block every op call goes through a hook: ``forward_hook(forward, op, *args, **kwargs)`` and
+    ``backward_hook(backward, dout, ctx)`` receive the plain :func:`forward` / :func:`backward` to delegate
+    to and return what it returns (None: that direction is left alone). The layers call this module's
+    functions by attribute, so they all pass through; the plain functions are back on exit. How the bench
+    times each op and reads the shapes of a step's products (:mod:`nptransformer.apps.bench`).
+    """
+    global forward, backward
+    plain_forward, plain_backward = forward, backward
+
+    def hooked_forward(op: str, *args: Any, **kwargs: Any) -> Any:
+        return forward_hook(plain_forward, op, *args, **kwargs)
+
+    def hooked_backward(dout: Any, ctx: Any) -> Any:
+        return backward_hook(plain_backward, dout, ctx)
+
+    if forward_hook is not None:
+        forward = hooked_forward
+    if backward_hook is not None:
+        backward = hooked_backward
+    try:
+        yield
+    finally:
+        forward, backward = plain_forward, plain_backward
+
+
+@contextlib.contextmanager
 def rounded_results(round_fn: Callable[[Any], Any]) -> Iterator[None]:
     """Inside the block every op's result and every gradient passes through ``round_fn``.
 
