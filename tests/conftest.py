@@ -58,6 +58,15 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def needs_the_pool():
+    """Skip the test when the pool cannot run: it holds BLAS to one thread (nptransformer.blas_control)."""
+    from nptransformer import blas_control
+
+    if not blas_control.can_limit():
+        pytest.skip("the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
+
+
 @pytest.fixture(params=[1, 2], ids=["serial", "pool"])
 def threads(request):
     """Run a test serially and with nptransformer's pool (two threads, or as parametrized indirectly).
@@ -67,12 +76,11 @@ def threads(request):
     that test-sized arrays reach every split and block. Needs a BLAS the
     pool can hold to one thread (nptransformer.blas_control).
     """
-    from nptransformer import blas_control, parallel
+    from nptransformer import parallel
     from nptransformer.kernels import configured, small_settings
 
     if request.param > 1:
-        if not blas_control.can_limit():
-            pytest.skip("this BLAS cannot be held to one thread (not OpenBLAS or MKL, and no threadpoolctl)")
+        request.getfixturevalue("needs_the_pool")
         with parallel.num_threads(request.param), configured(small_settings()):
             yield request.param
     else:

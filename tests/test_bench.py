@@ -3,14 +3,8 @@
 import numpy as np
 import pytest
 
-from nptransformer import blas_control
 from nptransformer.apps import bench
 from nptransformer.__main__ import main
-
-
-def _needs_the_pool():
-    if not blas_control.can_limit():
-        pytest.skip("the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
 
 # retain_memory=False: mallopt is process-wide, and the rest of the test session should keep malloc's defaults.
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, batch_size=3, seq_len=6, steps=2, warmup=1,
@@ -99,14 +93,13 @@ def test_linear_shapes_are_the_gpts_weight_products_in_call_order(checkpointed):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_race_computes_the_three_weight_products(threads):
+def test_products_race_computes_the_three_weight_products(threads, request):
     from nptransformer import parallel
     from nptransformer.apps.bench_products import ours_once, products_step
-
-    if threads > 1:
-        _needs_the_pool()
     from nptransformer.kernels import dispatch
 
+    if threads > 1:
+        request.getfixturevalue("needs_the_pool")
     rng = np.random.default_rng(3)
     x, w, dy = rng.normal(size=(600, 40)), rng.normal(size=(130, 40)), rng.normal(size=(600, 130))
     with parallel.num_threads(threads):
@@ -143,8 +136,7 @@ def test_cli_bench_prints_the_report(capsys):
     assert "backend strict" in out and "step time (ms)" in out and "set_num_threads(1);" in out
 
 
-def test_report_names_the_thread_pool_and_the_memory_setting():
-    _needs_the_pool()
+def test_report_names_the_thread_pool_and_the_memory_setting(needs_the_pool):
     pooled = bench.run(bench.BenchConfig(**TINY, threads=2, memory=False, generation=False))
     assert pooled["pool_threads"] == 2 and pooled["retained_memory"] is False
     assert pooled["gemm_gflops"] == max(pooled["gemm_gflops_blas"], pooled["gemm_gflops_split"])

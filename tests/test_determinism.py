@@ -9,11 +9,10 @@ order the threads finish would make the runs differ.
 import numpy as np
 import pytest
 
-from nptransformer import GPT, backend, blas_control, nn, optim, parallel
+from nptransformer import GPT, backend, nn, optim, parallel
 from nptransformer.kernels import configured, small_settings
 
-pytestmark = pytest.mark.skipif(not blas_control.can_limit(),
-                                reason="the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
+pytestmark = pytest.mark.usefixtures("needs_the_pool")
 
 
 def _train(threads: int, steps: int = 4, dtype: str = "float32") -> dict:

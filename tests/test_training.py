@@ -8,17 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from nptransformer import GPT, backend, blas_control
+from nptransformer import GPT, backend
 from nptransformer.backend import Generator
 from nptransformer.data import ReversalTask, char_batch
 from nptransformer.nn import CrossEntropyLoss
 from nptransformer.optim import AdamW, WarmupCosine
 from nptransformer.training import Trainer, TrainingDiverged, format_duration
-
-
-def _needs_the_pool():
-    if not blas_control.can_limit():
-        pytest.skip("the pool needs a BLAS it can hold to one thread (OpenBLAS, MKL, or threadpoolctl)")
 
 
 PATTERN = np.tile(np.array([3, 1, 4, 1, 5, 9, 2, 6]), 50)  # after a 1 comes 4 or 5: needs attention to 2 back
@@ -252,8 +247,7 @@ def _threads_seen(trainer_threads=None):
     return seen, parallel.get_num_threads()
 
 
-def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_count():
-    _needs_the_pool()
+def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_count(needs_the_pool):
     from nptransformer.training import default_threads
 
     seen, after = _threads_seen()
@@ -261,16 +255,14 @@ def test_fit_splits_the_step_over_the_machines_cpus_by_default_and_restores_the_
     assert _threads_seen(1) == ([1, 1, 1], 1)  # threads=1: no pool
 
 
-def test_fit_keeps_a_thread_count_the_caller_set():
-    _needs_the_pool()
+def test_fit_keeps_a_thread_count_the_caller_set(needs_the_pool):
     from nptransformer import num_threads
 
     with num_threads(3):
         assert _threads_seen() == ([3, 3, 3], 3)
 
 
-def test_fit_gives_the_same_weights_run_after_run_on_the_pool():
-    _needs_the_pool()
+def test_fit_gives_the_same_weights_run_after_run_on_the_pool(needs_the_pool):
     runs = []
     for _ in range(2):
         trainer = _trainer()
