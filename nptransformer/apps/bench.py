@@ -26,7 +26,10 @@ turn these off to measure what each brings.
 
 ``--compare-torch`` races the same model in PyTorch eager (see
 :mod:`nptransformer.apps.bench_torch`) with the same weights, data and thread
-count, the two steps alternating so that both see the same machine load.
+count, the two steps alternating so that both see the same machine load,
+and races the step's weight products alone between them
+(:mod:`nptransformer.apps.bench_products`): each step time is then split
+into products and the rest.
 ``--profile`` adds where the time goes, op by op. docs/performance.md has
 the measured numbers and how to read them.
 """
